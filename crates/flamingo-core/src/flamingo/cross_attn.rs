@@ -1,0 +1,1 @@
+//! Masked and gated cross-attention (OpenFlamingo helpers.py). (To be implemented.)

@@ -1,0 +1,1 @@
+//! Perceiver resampler (OpenFlamingo helpers.py `PerceiverResampler`). (To be implemented.)

@@ -1,0 +1,1 @@
+//! OpenFlamingo checkpoints. (To be implemented.)

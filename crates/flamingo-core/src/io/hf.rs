@@ -1,0 +1,1 @@
+//! HF model folder layouts. (To be implemented.)

@@ -1,0 +1,2 @@
+//! PyTorch `.pt`/`.bin` files (zip + pickle), parsed without executing anything.
+//! (To be implemented.)

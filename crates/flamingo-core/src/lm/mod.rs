@@ -1,0 +1,135 @@
+//! Causal language models, written in this crate so that cross-attention can be injected
+//! between their decoder layers (candle-transformers' layer types are private; notes §A5).
+//!
+//! Every family exposes the same three stages — embed, one decoder layer, head — so the
+//! Flamingo composition (`flamingo::model`) can run an optional gated cross-attention block
+//! before any layer, as OpenFlamingo's `FlamingoLayer` does.
+
+pub mod attention;
+pub mod cache;
+pub mod config;
+pub mod gpt_neox;
+pub mod llama;
+pub mod mpt;
+pub mod opt;
+pub mod rope;
+
+use std::path::Path;
+
+use candle_core::Tensor;
+
+pub use attention::AttentionContext;
+pub use cache::{KvCache, LayerKv};
+
+use crate::io::Weights;
+use crate::{Error, Result};
+
+/// The LM families the engine implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LmFamily {
+    Llama,
+    Opt,
+    GptNeox,
+    /// HF `MptForCausalLM` (MPT-7B) and MosaicML's `MosaicGPT` (MPT-1B, QK-LayerNorm).
+    Mpt,
+}
+
+impl LmFamily {
+    /// The reference's decoder-layers attribute path for this family (spec §2.4).
+    pub fn decoder_layers_path(&self) -> &'static str {
+        match self {
+            LmFamily::Llama => "model.layers",
+            LmFamily::Opt => "model.decoder.layers",
+            LmFamily::GptNeox => "gpt_neox.layers",
+            LmFamily::Mpt => "transformer.blocks",
+        }
+    }
+}
+
+/// What the composition needs to know about a loaded LM.
+#[derive(Clone, Debug)]
+pub struct LmInfo {
+    pub family: LmFamily,
+    /// `model_type` as written in config.json.
+    pub model_type: String,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    /// Rows of the input embedding (after any resize).
+    pub vocab_size: usize,
+    /// Largest supported position (learned position tables), `None` when unbounded (ALiBi).
+    pub max_positions: Option<usize>,
+    /// HF key of the input embedding matrix, e.g. `model.embed_tokens.weight`.
+    pub input_embedding_key: String,
+    /// HF key of the output head, `None` when tied to the input embedding.
+    pub output_embedding_key: Option<String>,
+}
+
+/// Options applied while loading an LM.
+#[derive(Clone, Debug, Default)]
+pub struct LmLoadOptions {
+    /// Resize the vocabulary (input embedding and untied head) to this many rows, as the
+    /// reference's `resize_token_embeddings(len(tokenizer))` does: shrinking keeps the first
+    /// rows; growing appends rows equal to the mean of the existing ones.
+    pub vocab_size: Option<usize>,
+}
+
+/// A causal LM split into the stages the Flamingo composition interleaves with.
+pub trait CausalLm: Send + Sync {
+    fn info(&self) -> &LmInfo;
+
+    /// Token ids `(B, T)` (u32) → input hidden states `(B, T, D)`.
+    /// `ctx` carries positions for families with learned position embeddings (OPT).
+    fn embed(&self, ids: &Tensor, ctx: &AttentionContext) -> Result<Tensor>;
+
+    /// Decoder layer `i` on hidden states `(B, T, D)`. With `cache`, the layer appends its
+    /// keys/values for these `T` tokens and attends over everything cached so far.
+    fn layer(
+        &self,
+        i: usize,
+        hidden: &Tensor,
+        ctx: &AttentionContext,
+        cache: Option<&mut LayerKv>,
+    ) -> Result<Tensor>;
+
+    /// Final norm and output head: `(B, T, D)` → logits `(B, T, V)`.
+    fn head(&self, hidden: &Tensor) -> Result<Tensor>;
+
+    /// The input embedding matrix `(V, D)` (trainable rows live here).
+    fn input_embeddings(&self) -> &Tensor;
+}
+
+/// Loads the LM described by `dir/config.json` from `weights` (rooted at the HF key names).
+pub fn load_lm(dir: &Path, weights: &Weights, opts: &LmLoadOptions) -> Result<Box<dyn CausalLm>> {
+    let cfg_path = dir.join("config.json");
+    let raw = config::read_json(&cfg_path)?;
+    load_lm_from_config(&cfg_path, &raw, weights, opts)
+}
+
+pub const SUPPORTED_MODEL_TYPES: &str = "llama, opt, gpt_neox, mpt, mosaic_gpt";
+
+/// Dispatches on `model_type` (config.json). `cfg_path` is used in error messages.
+pub fn load_lm_from_config(
+    cfg_path: &Path,
+    raw: &serde_json::Value,
+    weights: &Weights,
+    opts: &LmLoadOptions,
+) -> Result<Box<dyn CausalLm>> {
+    let model_type = raw
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::config(cfg_path, "missing \"model_type\""))?;
+    Ok(match model_type {
+        "llama" => Box::new(llama::Llama::load(cfg_path, raw, weights, opts)?),
+        "opt" => Box::new(opt::Opt::load(cfg_path, raw, weights, opts)?),
+        "gpt_neox" => Box::new(gpt_neox::GptNeox::load(cfg_path, raw, weights, opts)?),
+        "mpt" | "mosaic_gpt" => Box::new(mpt::Mpt::load(cfg_path, raw, weights, opts)?),
+        other => {
+            return Err(Error::UnsupportedModel {
+                model_type: other.to_string(),
+                path: cfg_path.to_path_buf(),
+                supported: SUPPORTED_MODEL_TYPES.to_string(),
+            })
+        }
+    })
+}

@@ -1,0 +1,1 @@
+//! CLIP ViT vision tower. (To be implemented.)

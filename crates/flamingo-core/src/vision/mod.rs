@@ -1,0 +1,3 @@
+//! Vision towers.
+
+pub mod clip;
