@@ -674,3 +674,42 @@ fn select_lm_overrides(
     }
     Ok(selected)
 }
+
+impl MediaConditioning {
+    /// Selects rows of the batch (`rows[i]` = the source row of new row `i`): repeats each
+    /// sample per beam or per returned sequence, and follows beam reordering.
+    pub fn select_rows(&self, rows: &[u32]) -> Result<Self> {
+        let idx = Tensor::from_slice(rows, rows.len(), self.device()?)?;
+        let per_layer = self
+            .per_layer
+            .iter()
+            .map(|kv| {
+                kv.as_ref()
+                    .map(|kv| -> Result<MediaKv> {
+                        Ok(MediaKv {
+                            k: kv.k.index_select(&idx, 0)?,
+                            v: kv.v.index_select(&idx, 0)?,
+                            num_media: kv.num_media,
+                            latents_per_media: kv.latents_per_media,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            per_layer,
+            num_media: self.num_media,
+            batch: rows.len(),
+        })
+    }
+
+    fn device(&self) -> Result<&Device> {
+        Ok(self
+            .per_layer
+            .iter()
+            .flatten()
+            .next()
+            .map(|kv| kv.k.device())
+            .unwrap_or(&Device::Cpu))
+    }
+}
