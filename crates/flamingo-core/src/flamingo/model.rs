@@ -128,9 +128,24 @@ pub enum TextTimes {
     AfterPrompt(Vec<u32>),
 }
 
+/// Embedding rows that train (the reference masks the gradient to `<image>` and
+/// `<|endofchunk|>`): their values live here and shadow the LM's frozen table, in the input
+/// lookup and — for tied embeddings — in the output head.
+#[derive(Clone, Debug)]
+pub struct TrainableRows {
+    pub ids: Vec<u32>,
+    /// `(ids.len(), D)`; a `Var`'s tensor while training.
+    pub rows: Tensor,
+}
+
 pub struct Flamingo {
     vision: ClipVision,
     perceiver: PerceiverResampler,
+    perceiver_cfg: PerceiverConfig,
+    cross_attn_cfg: CrossAttnConfig,
+    /// The bridge's tensors under their OpenFlamingo checkpoint names.
+    bridge: HashMap<String, Tensor>,
+    trainable_rows: Option<TrainableRows>,
     lm: Box<dyn CausalLm>,
     /// Indexed by LM layer; `Some` where the plan puts a block.
     cross_attn: Vec<Option<GatedCrossAttentionBlock>>,
@@ -294,6 +309,15 @@ impl Flamingo {
                 (perceiver_w, blocks)
             }
         };
+        let mut bridge = HashMap::new();
+        for key in perceiver_w.source().keys() {
+            bridge.insert(format!("perceiver.{key}"), perceiver_w.source().load(&key)?);
+        }
+        for (&i, w) in &block_ws {
+            for key in w.source().keys() {
+                bridge.insert(block_key(layers_path, i, &key), w.source().load(&key)?);
+            }
+        }
         let perceiver = PerceiverResampler::load(&perceiver_w, vis_dim, &spec.perceiver)?;
         let mut cross_attn: Vec<Option<GatedCrossAttentionBlock>> =
             (0..info.num_layers).map(|_| None).collect();
@@ -327,6 +351,10 @@ impl Flamingo {
         Ok(Self {
             vision,
             perceiver,
+            perceiver_cfg: spec.perceiver.clone(),
+            cross_attn_cfg: spec.cross_attn.clone(),
+            bridge,
+            trainable_rows: None,
             lm,
             cross_attn,
             cross_attn_layers: plan,
@@ -336,6 +364,98 @@ impl Flamingo {
             summary,
             device: device.clone(),
         })
+    }
+
+    /// The perceiver and cross-attention tensors under their OpenFlamingo checkpoint names
+    /// (`perceiver.*`, `lang_encoder.<layers>.<i>.gated_cross_attn_layer.*`).
+    pub fn bridge_tensors(&self) -> &HashMap<String, Tensor> {
+        &self.bridge
+    }
+
+    /// Rebuilds the perceiver and cross-attention blocks from `tensors` (checkpoint names, as
+    /// `bridge_tensors` returns them). Passing `Var` tensors makes the bridge trainable.
+    pub fn set_bridge_tensors(&mut self, tensors: HashMap<String, Tensor>) -> Result<()> {
+        let layers_path = self.lm.info().family.decoder_layers_path();
+        let vis_dim = self.vision.config().hidden_size;
+        let dim = self.lm.info().hidden_size;
+        let sub = |prefix: &str| -> HashMap<String, Tensor> {
+            tensors
+                .iter()
+                .filter_map(|(k, t)| {
+                    k.strip_prefix(prefix)
+                        .map(|rest| (rest.to_string(), t.clone()))
+                })
+                .collect()
+        };
+        let perceiver = PerceiverResampler::load(
+            &Weights::from_tensors(sub("perceiver."), DType::F32, &self.device),
+            vis_dim,
+            &self.perceiver_cfg,
+        )?;
+        let mut blocks: Vec<Option<GatedCrossAttentionBlock>> =
+            (0..self.cross_attn.len()).map(|_| None).collect();
+        for &i in &self.cross_attn_layers {
+            let w = Weights::from_tensors(
+                sub(&block_key(layers_path, i, "")),
+                DType::F32,
+                &self.device,
+            );
+            blocks[i] = Some(GatedCrossAttentionBlock::load(
+                &w,
+                dim,
+                vis_dim,
+                &self.cross_attn_cfg,
+            )?);
+        }
+        self.perceiver = perceiver;
+        self.cross_attn = blocks;
+        self.bridge = tensors;
+        Ok(())
+    }
+
+    /// Makes the embedding rows `rows.ids` use `rows.rows` instead of the LM's table (`None`
+    /// restores the table).
+    pub fn set_trainable_rows(&mut self, rows: Option<TrainableRows>) -> Result<()> {
+        if let Some(r) = &rows {
+            let d = self.lm.input_embeddings().dim(1)?;
+            if r.rows.dims() != [r.ids.len(), d] {
+                return Err(Error::InvalidInput(format!(
+                    "trainable embedding rows must have shape [{}, {d}], got {:?}",
+                    r.ids.len(),
+                    r.rows.dims()
+                )));
+            }
+            if let Some(bad) = r
+                .ids
+                .iter()
+                .find(|&&i| i as usize >= self.lm.info().vocab_size)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "embedding row {bad} is outside the vocabulary"
+                )));
+            }
+        }
+        self.trainable_rows = rows;
+        Ok(())
+    }
+
+    pub fn trainable_rows(&self) -> Option<&TrainableRows> {
+        self.trainable_rows.as_ref()
+    }
+
+    /// `(B, T, k)` one-hot of which trainable row each token is, and `(k, D)` row deltas.
+    fn row_overrides(&self, ids: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(tr) = &self.trainable_rows else {
+            return Ok(None);
+        };
+        let idx = Tensor::from_slice(&tr.ids, tr.ids.len(), &self.device)?;
+        let frozen = self.lm.input_embeddings().index_select(&idx, 0)?;
+        let delta = (&tr.rows - frozen)?;
+        let ids_col = ids.unsqueeze(2)?.to_dtype(DType::U32)?;
+        let which = ids_col
+            .broadcast_eq(&idx.reshape((1, 1, tr.ids.len()))?)?
+            .to_dtype(DType::F32)?;
+        Ok(Some((which, delta)))
     }
 
     pub fn summary(&self) -> &ModelSummary {
@@ -512,6 +632,10 @@ impl Flamingo {
         let flat: Vec<u32> = ids.iter().flatten().copied().collect();
         let ids_t = Tensor::from_vec(flat, (b, t), &self.device)?;
         let mut h = self.lm.embed(&ids_t, &ctx)?;
+        let overrides = self.row_overrides(&ids_t)?;
+        if let Some((which, delta)) = &overrides {
+            h = (h + which.broadcast_matmul(delta)?)?;
+        }
         for i in 0..self.lm.info().num_layers {
             if let (Some(block), Some(kv)) = (&self.cross_attn[i], &media.per_layer[i]) {
                 h = block.forward(&h, kv, &text_time)?;
@@ -519,7 +643,22 @@ impl Flamingo {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
             h = self.lm.layer(i, &h, &ctx, layer_cache)?;
         }
-        self.lm.head(&h)
+        let logits = self.lm.head(&h)?;
+        match (&overrides, &self.trainable_rows) {
+            // Tied head: the trainable rows are also output-projection rows.
+            (Some((_, delta)), Some(tr)) if self.lm.info().output_embedding_key.is_none() => {
+                let hf = self.lm.final_hidden(&h)?;
+                let extra = hf.broadcast_matmul(&delta.t()?)?; // (B, T, k)
+                let vocab = logits.dim(2)?;
+                let mut onehot = vec![0f32; tr.ids.len() * vocab];
+                for (j, &id) in tr.ids.iter().enumerate() {
+                    onehot[j * vocab + id as usize] = 1.0;
+                }
+                let onehot = Tensor::from_vec(onehot, (tr.ids.len(), vocab), &self.device)?;
+                Ok((logits + extra.broadcast_matmul(&onehot)?)?)
+            }
+            _ => Ok(logits),
+        }
     }
 
     /// The reference's `Flamingo.forward`: encode the images, run the LM with cross-attention
@@ -565,6 +704,11 @@ impl Flamingo {
         };
         Ok(ForwardOutput { logits, loss })
     }
+}
+
+/// The checkpoint name of cross-attention tensor `key` of the block before LM layer `i`.
+pub fn block_key(layers_path: &str, i: usize, key: &str) -> String {
+    format!("lang_encoder.{layers_path}.{i}.gated_cross_attn_layer.{key}")
 }
 
 /// Reads a `(B, T)` integer tensor into rows.
