@@ -9,6 +9,7 @@ pub mod flamingo;
 pub mod io;
 pub mod lm;
 pub mod nn;
+pub mod text;
 pub mod vision;
 
 pub use error::{Error, Result};
