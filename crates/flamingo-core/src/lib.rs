@@ -10,6 +10,7 @@ pub mod generate;
 pub mod io;
 pub mod lm;
 pub mod nn;
+pub mod text;
 pub mod train;
 pub mod vision;
 
