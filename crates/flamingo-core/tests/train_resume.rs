@@ -10,7 +10,9 @@ use std::process::Command;
 use candle_core::Device;
 use flamingo_core::flamingo::model::Flamingo;
 use flamingo_core::train::state::CRASH_ENV;
-use flamingo_core::train::{ScheduleConfig, ScheduleKind, TrainConfig, Trainer};
+use flamingo_core::train::{
+    MicroBatch, ScheduleConfig, ScheduleKind, TrainConfig, Trainer, WeightedInput,
+};
 use serde_json::json;
 use train_support::*;
 
@@ -20,8 +22,8 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// Warmup then cosine, accumulation over two micro-batches of two weighted parts: every
-/// piece of state a resume must carry matters.
+/// Warmup then cosine, accumulation over two weighted micro-batches: every piece of state
+/// a resume must carry matters.
 fn cfg() -> TrainConfig {
     let mut cfg = TrainConfig::default();
     cfg.optimizer.lr = 1e-3;
@@ -39,7 +41,10 @@ fn run_steps(t: &mut Trainer, family: &str, steps: std::ops::Range<usize>) -> Ve
     steps
         .map(|s| {
             let stats = t
-                .step(&[two_part(&g, 2 * s), two_part(&g, 2 * s + 1)])
+                .step(&[
+                    MicroBatch::new(vec![WeightedInput::new(batch(&g, 2 * s), 0.2, "laion")]),
+                    MicroBatch::new(vec![WeightedInput::new(batch(&g, 2 * s + 1), 1.0, "mmc4")]),
+                ])
                 .unwrap();
             stats.loss.to_bits()
         })
@@ -201,6 +206,36 @@ fn a_save_killed_mid_way_leaves_the_previous_checkpoint_loadable() {
         assert_eq!(snapshot(&fresh), saved, "{phase}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+#[test]
+fn hyper_parameters_survive_the_state_file_bit_for_bit_and_hand_edits_win() {
+    let dir = scratch("floats");
+    let mut c = cfg();
+    c.optimizer.lr = 1e-3 / 3.0;
+    c.optimizer.eps = 1e-8 / 7.0;
+    c.optimizer.beta2 = 0.999_000_000_000_000_1;
+    c.max_grad_norm = Some(std::f64::consts::FRAC_1_SQRT_2);
+    trainer("llama", c.clone())
+        .save_state(&dir, &json!(null))
+        .unwrap();
+    let mut t = trainer("llama", cfg());
+    t.load_state(&dir).unwrap();
+    let got = t.config().clone();
+    assert_eq!(got.optimizer.lr.to_bits(), c.optimizer.lr.to_bits());
+    assert_eq!(got.optimizer.eps.to_bits(), c.optimizer.eps.to_bits());
+    assert_eq!(got.optimizer.beta2.to_bits(), c.optimizer.beta2.to_bits());
+    assert_eq!(got, c);
+
+    // Someone edits the learning rate in the JSON before resuming: the edit applies.
+    let path = dir.join("trainer_state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    state["config"]["optimizer"]["lr"] = json!(0.5);
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    t.load_state(&dir).unwrap();
+    assert_eq!(t.config().optimizer.lr, 0.5);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //! tensor file; after it, the new pair is complete. The reference's `torch.save` straight
 //! onto `checkpoint_<epoch>.pt` has no such guarantee.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -59,6 +60,10 @@ pub struct StateFile {
     pub embedding_row_ids: Option<Vec<u32>>,
     /// Whatever the caller passed to locate its data stream (epoch, shard, offset, RNG state).
     pub data_position: serde_json::Value,
+    /// The configuration's floats as f64 bit patterns (hex): serde_json's default float
+    /// parsing is not guaranteed to round-trip the last bit, and a resume must be exact.
+    #[serde(default)]
+    pub exact_floats: BTreeMap<String, String>,
     pub tensors_file: String,
     pub tensors_bytes: u64,
     /// FNV-1a 64 of the tensors file, hex.
@@ -255,4 +260,43 @@ pub fn read_state(dir: &Path) -> Result<(StateFile, PathBuf)> {
         ));
     }
     Ok((state, tensors))
+}
+
+/// The floats of `cfg` that decide the numerics, by field path.
+fn float_fields(cfg: &mut TrainConfig) -> Vec<(&'static str, &mut f64)> {
+    let mut fields: Vec<(&'static str, &mut f64)> = vec![
+        ("optimizer.lr", &mut cfg.optimizer.lr),
+        ("optimizer.beta1", &mut cfg.optimizer.beta1),
+        ("optimizer.beta2", &mut cfg.optimizer.beta2),
+        ("optimizer.eps", &mut cfg.optimizer.eps),
+        ("optimizer.weightDecay", &mut cfg.optimizer.weight_decay),
+        ("schedule.numCycles", &mut cfg.schedule.num_cycles),
+    ];
+    if let Some(n) = cfg.max_grad_norm.as_mut() {
+        fields.push(("maxGradNorm", n));
+    }
+    fields
+}
+
+/// Bit patterns of the configuration's floats, for `StateFile::exact_floats`.
+pub fn exact_floats(cfg: &TrainConfig) -> BTreeMap<String, String> {
+    let mut cfg = cfg.clone();
+    float_fields(&mut cfg)
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), format!("{:016x}", v.to_bits())))
+        .collect()
+}
+
+/// Puts back the exact bits of each float whose decimal in the JSON still denotes it (a
+/// value someone edited by hand keeps the edit).
+pub fn restore_exact_floats(cfg: &mut TrainConfig, exact: &BTreeMap<String, String>) {
+    for (key, value) in float_fields(cfg) {
+        let Some(bits) = exact.get(key).and_then(|h| u64::from_str_radix(h, 16).ok()) else {
+            continue;
+        };
+        let precise = f64::from_bits(bits);
+        if (*value - precise).abs() <= precise.abs() * 1e-15 {
+            *value = precise;
+        }
+    }
 }

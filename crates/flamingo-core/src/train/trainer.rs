@@ -444,6 +444,7 @@ impl Trainer {
                 .collect(),
             embedding_row_ids: self.row_ids.clone(),
             data_position: data_position.clone(),
+            exact_floats: state::exact_floats(&self.cfg),
             tensors_file: tensors_name.clone(),
             tensors_bytes,
             tensors_fnv1a64,
@@ -469,7 +470,8 @@ impl Trainer {
     /// torch's `optimizer.load_state_dict` and `lr_scheduler.load_state_dict` do; the
     /// following steps continue bit-identically.
     pub fn load_state(&mut self, dir: &Path) -> Result<ResumeInfo> {
-        let (file, tensors_path) = state::read_state(dir)?;
+        let (mut file, tensors_path) = state::read_state(dir)?;
+        state::restore_exact_floats(&mut file.config, &file.exact_floats);
         let mismatch = |detail: String| {
             Error::Checkpoint(format!(
                 "the training state in {} was saved for other trainable parameters: {detail}",
@@ -543,7 +545,12 @@ impl Trainer {
             p.exp_avg = m;
             p.exp_avg_sq = v;
             p.step = saved.step;
-            p.weight_decay = saved.weight_decay;
+            // Recomputed rather than read: the JSON's decimal may not round-trip exactly.
+            p.weight_decay = if saved.name.contains(DECAY_GROUP_MARKER) {
+                file.config.optimizer.weight_decay
+            } else {
+                0.0
+            };
         }
         self.cfg = file.config;
         self.step = file.step;
