@@ -404,6 +404,15 @@ fn tied_embeddings_need_no_lm_head_and_project_with_the_input_embedding() {
     let rows = golden_ids();
     let logits = forward(lm.as_ref(), &rows, &ones(&rows));
     assert_eq!(logits.dims(), &[2, 14, 96]);
+    // The head is exactly the final hidden states times the input embedding (what the
+    // composition relies on to give tied trainable rows their output-side gradient).
+    let h = Tensor::randn(0f32, 1.0, (1, 3, 64), &Device::Cpu).unwrap();
+    let via_final = lm
+        .final_hidden(&h)
+        .unwrap()
+        .broadcast_matmul(&lm.input_embeddings().t().unwrap())
+        .unwrap();
+    assert!(max_abs_diff(&lm.head(&h).unwrap(), &via_final) < 1e-5);
 
     let untied = load(&lm_dir(), &golden_weights(), &LmLoadOptions::default());
     assert_eq!(

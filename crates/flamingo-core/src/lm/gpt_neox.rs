@@ -282,9 +282,13 @@ impl CausalLm for GptNeox {
     }
 
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        let h = self.final_layer_norm.forward(hidden)?;
+        let h = self.final_hidden(hidden)?;
         let w = self.embed_out.as_ref().unwrap_or(&self.embed_in);
         Linear::new(w.clone(), None).forward(&h)
+    }
+
+    fn final_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.final_layer_norm.forward(hidden)
     }
 
     fn input_embeddings(&self) -> &Tensor {

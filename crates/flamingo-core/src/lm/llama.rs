@@ -385,9 +385,13 @@ impl CausalLm for Llama {
     }
 
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        let h = self.norm.forward(hidden)?;
+        let h = self.final_hidden(hidden)?;
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         Linear::new(w.clone(), None).forward(&h)
+    }
+
+    fn final_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.norm.forward(hidden)
     }
 
     fn input_embeddings(&self) -> &Tensor {
