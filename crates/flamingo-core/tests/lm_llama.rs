@@ -478,3 +478,29 @@ fn gradients_flow_through_the_decoder_to_its_input_hidden_states() {
     assert!(analytic.abs() > 1e-3);
     assert!((analytic - numeric).abs() <= 1e-6 * analytic.abs().max(1.0));
 }
+
+#[test]
+fn half_precision_weights_run_and_stay_close_to_f32() {
+    let rows = golden_ids();
+    let f32_logits = forward(
+        load(&lm_dir(), &golden_weights(), &LmLoadOptions::default()).as_ref(),
+        &rows,
+        &ones(&rows),
+    );
+    for dtype in [DType::BF16, DType::F16] {
+        let lm = load(
+            &lm_dir(),
+            &golden_weights().with_dtype(dtype),
+            &LmLoadOptions::default(),
+        );
+        let ctx = AttentionContext::new(&ones(&rows), 0, dtype, &Device::Cpu).unwrap();
+        let mut h = lm.embed(&ids_tensor(&rows), &ctx).unwrap();
+        for i in 0..4 {
+            h = lm.layer(i, &h, &ctx, None).unwrap();
+        }
+        let logits = lm.head(&h).unwrap().to_dtype(DType::F32).unwrap();
+        let d = max_abs_diff(&logits, &f32_logits);
+        println!("llama {dtype:?} vs f32: max |Δlogit| = {d:.3e}");
+        assert!(d < 0.1, "{dtype:?} drifts by {d}");
+    }
+}
