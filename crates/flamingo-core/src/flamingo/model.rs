@@ -795,14 +795,11 @@ fn select_lm_overrides(
             None => true,
             Some(base_shape) => {
                 let shape = t.dims();
-                let after_resize = match (vocab_size, base_shape.first()) {
-                    (Some(v), Some(_))
-                        if shape.first() == Some(&v) && shape[1..] == base_shape[1..] =>
-                    {
-                        true
-                    }
-                    _ => false,
-                };
+                let after_resize = vocab_size.is_some_and(|v| {
+                    shape.first() == Some(&v)
+                        && shape.len() == base_shape.len()
+                        && shape[1..] == base_shape[1..]
+                });
                 if shape != base_shape.as_slice() && !after_resize {
                     return Err(Error::Checkpoint(format!(
                         "checkpoint tensor lang_encoder.{key} has shape {shape:?} but the LM's {key} has shape {base_shape:?} (is this checkpoint for another LM or tokenizer?)"
