@@ -262,8 +262,10 @@ impl Llama {
         let k = self.rotary.apply(&k, &cos, &sin)?.transpose(1, 2)?;
         let v = v.transpose(1, 2)?;
         // The cache holds the kv_heads un-repeated (GQA saves that memory).
+        // Cached K/V are stored contiguous: the cache concatenates and reorders (beam search,
+        // `index_select`) them. A single decode step is already contiguous, so no copy then.
         let (k, v) = match cache {
-            Some(c) => c.append(&k, &v)?,
+            Some(c) => c.append(&k.contiguous()?, &v.contiguous()?)?,
             None => (k, v),
         };
         let out = grouped_attention(&q, &k, &v, &ctx.mask, head_dim)?;
