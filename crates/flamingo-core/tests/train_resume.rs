@@ -378,6 +378,7 @@ fn a_model_handed_back_after_training_predicts_like_the_trainer_without_tracking
     t.step(&[two_part(&g, 0)]).unwrap();
     let input = golden_input(&g);
     let during = t.model().forward(&input).unwrap().logits;
+    let trained_rows = t.parameters()[&t.embedding_rows_name()].clone();
     let model = t.into_model().unwrap();
     let after = model.forward(&input).unwrap().logits;
     assert!(
@@ -389,4 +390,20 @@ fn a_model_handed_back_after_training_predicts_like_the_trainer_without_tracking
     let t2 = Trainer::new(model, cfg()).unwrap();
     let again = t2.model().forward(&input).unwrap().logits;
     assert!(max_abs_diff(&during, &again) < 1e-5);
+    // Training on with frozen embeddings keeps (and exports) the rows trained before.
+    let frozen = Trainer::new(
+        t2.into_model().unwrap(),
+        TrainConfig {
+            freeze_lm_embeddings: true,
+            ..cfg()
+        },
+    )
+    .unwrap();
+    let table = frozen.effective_input_embeddings().unwrap();
+    for (j, id) in [EOC, MEDIA].into_iter().enumerate() {
+        assert_eq!(
+            bits(&table.get(id as usize).unwrap()),
+            bits(&trained_rows.get(j).unwrap())
+        );
+    }
 }

@@ -562,19 +562,21 @@ impl Trainer {
         })
     }
 
-    /// The input-embedding matrix the model uses now: the LM's table with the trained rows.
+    /// The input-embedding matrix the model uses now: the LM's table with the rows that
+    /// shadow it (the trainable ones, or rows trained earlier and now frozen).
     pub fn effective_input_embeddings(&self) -> Result<Tensor> {
         let table = self.model.lm().input_embeddings().to_dtype(DType::F32)?;
-        let (Some(ids), Some(p)) = (&self.row_ids, self.optimizer.params().last()) else {
+        let Some(tr) = self.model.trainable_rows() else {
             return Ok(table);
         };
         let (vocab, dim) = table.dims2()?;
-        let idx = Tensor::from_slice(ids, ids.len(), table.device())?;
+        let idx = Tensor::from_slice(&tr.ids, tr.ids.len(), table.device())?;
         // 0 + row is exact, and the mask picks whole rows: the result holds the trained
         // rows bit for bit (an in-place add of deltas would round).
-        let scattered = table.zeros_like()?.index_add(&idx, p.var.as_tensor(), 0)?;
+        let rows = tr.rows.to_dtype(DType::F32)?.detach();
+        let scattered = table.zeros_like()?.index_add(&idx, &rows, 0)?;
         let mut mask = vec![0u8; vocab];
-        for &id in ids {
+        for &id in &tr.ids {
             mask[id as usize] = 1;
         }
         let mask =
