@@ -309,3 +309,41 @@ fn warmup_starts_the_first_step_at_rate_zero_as_the_reference_scheduler_does() {
     assert_eq!(t.step(&[two_part(&g, 1)]).unwrap().lr, 5e-4);
     assert_eq!(t.next_lr(), 1e-3);
 }
+
+#[test]
+fn a_fixed_accumulation_divisor_scales_a_short_last_group_like_the_reference() {
+    // The reference divides by --gradient_accumulation_steps even when an epoch ends with
+    // fewer micro-batches: one micro-batch with divisor 2 backpropagates A/2, the same as
+    // A ×0.5 with divisor 1.
+    let g = golden("llama");
+    let a = batch(&g, 3);
+    let mut fixed = trainer(
+        "llama",
+        TrainConfig {
+            gradient_accumulation_steps: Some(2),
+            ..fast()
+        },
+    );
+    let mut halved = trainer("llama", fast());
+    let s1 = fixed
+        .step(&[MicroBatch::new(vec![WeightedInput::new(
+            a.clone(),
+            1.0,
+            "a",
+        )])])
+        .unwrap();
+    let s2 = halved
+        .step(&[MicroBatch::new(vec![WeightedInput::new(
+            a.clone(),
+            0.5,
+            "a",
+        )])])
+        .unwrap();
+    assert_eq!(s1.loss, s2.loss);
+    assert_eq!(snapshot(&fixed), snapshot(&halved));
+    let three: Vec<MicroBatch> = (0..3)
+        .map(|_| MicroBatch::new(vec![WeightedInput::new(a.clone(), 1.0, "a")]))
+        .collect();
+    let msg = fixed.step(&three).unwrap_err().to_string();
+    assert!(msg.contains("gradientAccumulationSteps is 2"), "{msg}");
+}

@@ -66,6 +66,10 @@ pub struct TrainConfig {
     /// the 4B releases). Otherwise the `<image>` and `<|endofchunk|>` rows train.
     pub freeze_lm_embeddings: bool,
     pub non_finite: NonFinitePolicy,
+    /// The divisor of every loss (`--gradient_accumulation_steps`). `None`: the number of
+    /// micro-batches passed to each step. The reference divides by its setting even in an
+    /// epoch's last, shorter group; set it to reproduce that.
+    pub gradient_accumulation_steps: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -77,6 +81,7 @@ impl Default for TrainConfig {
             clip_mode: ClipMode::EveryMicroBatch,
             freeze_lm_embeddings: false,
             non_finite: NonFinitePolicy::Error,
+            gradient_accumulation_steps: None,
         }
     }
 }
@@ -91,6 +96,11 @@ impl TrainConfig {
                     "maxGradNorm must be a finite number > 0 (or null to disable clipping), got {n}"
                 )));
             }
+        }
+        if self.gradient_accumulation_steps == Some(0) {
+            return Err(Error::InvalidInput(
+                "gradientAccumulationSteps must be at least 1".into(),
+            ));
         }
         Ok(())
     }

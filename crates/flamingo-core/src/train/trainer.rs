@@ -66,7 +66,7 @@ pub struct PartLoss {
 pub struct StepStats {
     /// Optimizer steps completed, this one included (unchanged when skipped).
     pub step: u64,
-    /// The objective backpropagated: Σ loss · multiplier / micro-batches.
+    /// The objective backpropagated: Σ loss · multiplier / accumulation steps.
     pub loss: f64,
     pub parts: Vec<PartLoss>,
     /// Global gradient norm before clipping (at the last clip, with per-micro-batch clipping).
@@ -285,7 +285,16 @@ impl Trainer {
                 bad.dataset, bad.loss_multiplier
             )));
         }
-        let accum = micro_batches.len();
+        let accum = match self.cfg.gradient_accumulation_steps {
+            None => micro_batches.len(),
+            Some(n) if micro_batches.len() <= n => n,
+            Some(n) => {
+                return Err(Error::InvalidInput(format!(
+                    "{} micro-batches in one step, but gradientAccumulationSteps is {n}",
+                    micro_batches.len()
+                )))
+            }
+        };
         let lr = self.next_lr();
         let n = self.optimizer.params().len();
         let mut acc: Vec<Option<Tensor>> = vec![None; n];
@@ -344,7 +353,7 @@ impl Trainer {
                     loss_multiplier: part.loss_multiplier,
                 });
             }
-            let last = mi + 1 == accum;
+            let last = mi + 1 == micro_batches.len();
             if self.cfg.clip_mode == ClipMode::EveryMicroBatch || last {
                 grad_norm = clip_by_global_norm(&mut acc, self.cfg.max_grad_norm)?;
                 if !grad_norm.is_finite() {
