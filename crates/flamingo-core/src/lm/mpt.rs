@@ -615,17 +615,24 @@ impl CausalLm for Mpt {
     }
 
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
-        let x = self.norm_f.forward(hidden)?;
+        let x = self.final_hidden(hidden)?;
         let head = self.lm_head.as_ref().unwrap_or(&self.embeddings);
-        let logits = Linear::new(head.clone(), None).forward(&x)?;
-        match self.logit_scale {
-            Some(s) => Ok((logits * s)?),
-            None => Ok(logits),
-        }
+        Linear::new(head.clone(), None).forward(&x)
     }
 
     fn input_embeddings(&self) -> &Tensor {
         &self.embeddings
+    }
+
+    /// `norm_f`, times `logit_scale` when set: scaling the hidden states instead of the
+    /// logits is the same product, and keeps `logits = final_hidden · headᵀ` exact for the
+    /// tied rows' output-head gradient.
+    fn final_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        let x = self.norm_f.forward(hidden)?;
+        match self.logit_scale {
+            Some(s) => Ok((x * s)?),
+            None => Ok(x),
+        }
     }
 }
 

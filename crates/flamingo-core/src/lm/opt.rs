@@ -324,6 +324,17 @@ impl CausalLm for Opt {
     }
 
     fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let x = self.final_hidden(hidden)?;
+        let head = self.lm_head.as_ref().unwrap_or(&self.embeddings);
+        Linear::new(head.clone(), None).forward(&x)
+    }
+
+    fn input_embeddings(&self) -> &Tensor {
+        &self.embeddings
+    }
+
+    /// Final layer norm (if any), then `project_out` (if any): `(B, T, word_embed_proj_dim)`.
+    fn final_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
         let mut x = hidden.clone();
         if let Some(n) = &self.final_layer_norm {
             x = n.forward(&x)?;
@@ -331,11 +342,6 @@ impl CausalLm for Opt {
         if let Some(p) = &self.project_out {
             x = p.forward(&x)?;
         }
-        let head = self.lm_head.as_ref().unwrap_or(&self.embeddings);
-        Linear::new(head.clone(), None).forward(&x)
-    }
-
-    fn input_embeddings(&self) -> &Tensor {
-        &self.embeddings
+        Ok(x)
     }
 }
