@@ -530,3 +530,102 @@ fn pre_layernorm_opt_without_final_norm_decodes_consistently() {
     let err = cached_decoding_error(lm.as_ref(), &random_ids(2, 10, 40), 3);
     assert!(err <= TOL, "cached decoding differs by {err}");
 }
+
+/// `Σ logits · r` for fixed weights `r`, from hidden states `h` entering layer 0.
+fn weighted_logit_sum(lm: &dyn CausalLm, h: &Tensor, ctx: &AttentionContext, r: &Tensor) -> Tensor {
+    let mut h = h.clone();
+    for i in 0..lm.info().num_layers {
+        h = lm.layer(i, &h, ctx, None).unwrap();
+    }
+    (lm.head(&h).unwrap() * r).unwrap().sum_all().unwrap()
+}
+
+/// Backprop through every decoder layer and the head (as the gradient must flow from the
+/// loss back to cross-attention blocks and trainable embeddings) against central finite
+/// differences, in f64, on a left-padded batch.
+fn decoder_gradient_error(lm: &dyn CausalLm, ids: &[Vec<u32>], pad_id: u32) -> f64 {
+    let dev = Device::Cpu;
+    let t = ids[0].len();
+    let mut rows = ids.to_vec();
+    rows[0][0] = pad_id;
+    rows[0][1] = pad_id;
+    let mut mask = ones(2, t);
+    mask[0][0] = 0;
+    mask[0][1] = 0;
+    let ctx = AttentionContext::new(&mask, 0, DType::F64, &dev).unwrap();
+    let flat: Vec<u32> = rows.iter().flatten().copied().collect();
+    let ids_t = Tensor::from_vec(flat, (2, t), &dev).unwrap();
+    let h0 = lm.embed(&ids_t, &ctx).unwrap();
+    let d = h0.dim(2).unwrap();
+    let vocab = lm.info().vocab_size;
+    // Zero weight on the pad positions: a fully masked query row attends with scores
+    // `-1e30 + s`, where rounding erases `s`, so finite differences see a constant there
+    // while backprop (rightly) differentiates `s`.
+    let r: Vec<f64> = (0..2 * t * vocab)
+        .map(|i| {
+            let (row, pos) = (i / (t * vocab), i / vocab % t);
+            if row == 0 && pos < 2 {
+                0.0
+            } else {
+                ((i * 7919 % 1009) as f64 / 1009.0) - 0.5
+            }
+        })
+        .collect();
+    let r = Tensor::from_vec(r, (2, t, vocab), &dev).unwrap();
+
+    let var = candle_core::Var::from_tensor(&h0).unwrap();
+    let grads = weighted_logit_sum(lm, var.as_tensor(), &ctx, &r)
+        .backward()
+        .unwrap();
+    let g = grads
+        .get(var.as_tensor())
+        .expect("no gradient reached the input hidden states");
+    let g = g.to_vec3::<f64>().unwrap();
+    let base = h0.to_vec3::<f64>().unwrap();
+    let eps = 1e-5;
+    let mut worst: f64 = 0.0;
+    // Real tokens of both rows, early and late positions, a few channels each.
+    for &(b, p) in &[(0usize, 2usize), (0, t - 1), (1, 0), (1, t / 2), (1, t - 1)] {
+        for &c in &[0usize, d / 3, d - 1] {
+            let at = |delta: f64| {
+                let mut x = base.clone();
+                x[b][p][c] += delta;
+                let flat: Vec<f64> = x.into_iter().flatten().flatten().collect();
+                // Tracked, so the norms take the same (unfused) path as the backward pass;
+                // candle's fused layer_norm has no f64 kernel.
+                let x = candle_core::Var::from_vec(flat, (2, t, d), &dev).unwrap();
+                weighted_logit_sum(lm, x.as_tensor(), &ctx, &r)
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            let err = (fd - g[b][p][c]).abs() / fd.abs().max(1.0);
+            worst = worst.max(err);
+        }
+    }
+    worst
+}
+
+#[test]
+fn gradients_flow_through_every_layer_and_match_finite_differences() {
+    let files = SafetensorsFiles::open(&[golden().join("lm/model.safetensors")]).unwrap();
+    let w = Weights::new(Arc::new(files), DType::F64, &Device::Cpu);
+    let lm = load_lm(&golden().join("lm"), &w, &Default::default()).unwrap();
+    let err = decoder_gradient_error(lm.as_ref(), &golden_ids(), PAD);
+    println!("golden opt: backprop vs finite differences, worst relative error {err:.3e}");
+    assert!(
+        err < 1e-4,
+        "gradient differs from finite differences by {err}"
+    );
+
+    // Post-LN with projections: every norm sits on the residual path there.
+    let (cfg, t) = random_opt(false, 24, false, false);
+    let w = Weights::from_tensors(t, DType::F64, &Device::Cpu);
+    let lm = load_lm_from_config(Path::new("config.json"), &cfg, &w, &Default::default()).unwrap();
+    let err = decoder_gradient_error(lm.as_ref(), &random_ids(2, 9, 40), 0);
+    println!("random post-LN opt: backprop vs finite differences {err:.3e}");
+    assert!(
+        err < 1e-4,
+        "post-LN gradient differs from finite differences by {err}"
+    );
+}
