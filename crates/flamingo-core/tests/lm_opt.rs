@@ -629,3 +629,41 @@ fn gradients_flow_through_every_layer_and_match_finite_differences() {
         "post-LN gradient differs from finite differences by {err}"
     );
 }
+
+#[test]
+fn half_precision_weights_stay_close_to_f32_and_finite_under_left_padding() {
+    // The mask arrives in f32 (as the composition builds it) and must be converted without
+    // turning fully masked pad rows into NaNs (f16 has no room for -1e30).
+    let mut ids = golden_ids();
+    ids[0][..3].fill(PAD);
+    let mut mask = ones(2, 14);
+    mask[0][..3].fill(0);
+    let reference = run(load_golden(&Default::default()).as_ref(), &ids, &mask, None).unwrap();
+    for (dtype, tol) in [(DType::F16, 2e-2f32), (DType::BF16, 1e-1)] {
+        let files = SafetensorsFiles::open(&[golden().join("lm/model.safetensors")]).unwrap();
+        let w = Weights::new(Arc::new(files), dtype, &Device::Cpu);
+        let lm = load_lm(&golden().join("lm"), &w, &Default::default()).unwrap();
+        let logits = run(lm.as_ref(), &ids, &mask, None)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let finite = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(
+            finite.iter().all(|x| x.is_finite()),
+            "{dtype:?}: non-finite logits"
+        );
+        let real = |t: &Tensor| {
+            Tensor::cat(
+                &[
+                    &t.narrow(0, 0, 1).unwrap().narrow(1, 3, 11).unwrap(),
+                    &t.narrow(0, 1, 1).unwrap().narrow(1, 3, 11).unwrap(),
+                ],
+                0,
+            )
+            .unwrap()
+        };
+        let err = max_abs_diff(&real(&logits), &real(&reference));
+        println!("{dtype:?} vs f32 logits: max abs diff {err:.3e}");
+        assert!(err < tol, "{dtype:?} logits differ from f32 by {err}");
+    }
+}

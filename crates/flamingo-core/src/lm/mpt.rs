@@ -19,7 +19,7 @@ use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
 use crate::io::Weights;
-use crate::lm::attention::scaled_dot_product;
+use crate::lm::attention::{mask_in_dtype, scaled_dot_product};
 use crate::lm::config::parse;
 use crate::lm::{
     check_token_ids, AttentionContext, CausalLm, LayerKv, LmFamily, LmInfo, LmLoadOptions,
@@ -540,7 +540,8 @@ impl Mpt {
             Some(slopes) => Some(self.alibi_bias(slopes, ctx, q.dtype())?),
             None => None,
         };
-        let out = scaled_dot_product(&q, &k, &v, self.softmax_scale, &ctx.mask, bias.as_ref())?;
+        let mask = mask_in_dtype(&ctx.mask, q.dtype())?;
+        let out = scaled_dot_product(&q, &k, &v, self.softmax_scale, &mask, bias.as_ref())?;
         let out = out.transpose(1, 2)?.reshape((b, t, d))?;
         block.out_proj.forward(&out)
     }
