@@ -78,6 +78,8 @@ pub struct MptConfig {
     /// A number, or "inv_sqrt_d_model".
     #[serde(default)]
     pub logit_scale: Option<serde_json::Value>,
+    /// Every released MPT sets it (and transformers' port never has biases); `false`, as
+    /// MPT-7B's own code reads it, loads a bias on every Linear and LayerNorm.
     #[serde(default = "yes")]
     pub no_bias: bool,
     #[serde(default = "one")]
