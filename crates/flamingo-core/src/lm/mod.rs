@@ -124,6 +124,12 @@ pub trait CausalLm: Send + Sync {
     /// The input embedding matrix `(V, D)` (trainable rows live here).
     fn input_embeddings(&self) -> &Tensor;
 
+    /// Maps a change of token-embedding rows into the hidden space `embed` returns (identity,
+    /// except for OPT's `project_in`, which is linear and bias-free, so deltas map exactly).
+    fn project_embedding_delta(&self, delta: &Tensor) -> Result<Tensor> {
+        Ok(delta.clone())
+    }
+
     /// The hidden states the output head multiplies by its matrix (after the final norm and
     /// any output projection), `(B, T, D_head)`. Needed to give tied-embedding rows their
     /// output-head gradient when those rows train.

@@ -335,6 +335,13 @@ impl CausalLm for Opt {
     }
 
     /// Final layer norm (if any), then `project_out` (if any): `(B, T, word_embed_proj_dim)`.
+    fn project_embedding_delta(&self, delta: &Tensor) -> Result<Tensor> {
+        match &self.project_in {
+            Some(p) => p.forward(delta),
+            None => Ok(delta.clone()),
+        }
+    }
+
     fn final_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
         let mut x = hidden.clone();
         if let Some(n) = &self.final_layer_norm {
