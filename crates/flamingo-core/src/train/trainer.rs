@@ -121,6 +121,15 @@ impl Trainer {
     /// names containing `gated_cross_attn`, none elsewhere (spec §7.4).
     pub fn new(mut model: Flamingo, cfg: TrainConfig) -> Result<Self> {
         cfg.validate()?;
+        let vocab = model.lm().info().vocab_size;
+        let special = [model.media_token_id(), model.end_of_chunk_token_id()];
+        if let Some(bad) = special.iter().find(|&&i| i as usize >= vocab) {
+            if !cfg.freeze_lm_embeddings {
+                return Err(Error::InvalidInput(format!(
+                    "token id {bad} (<image> or <|endofchunk|>) is outside the LM's vocabulary of {vocab}: pass the tokenizer's length as vocabSize when loading"
+                )));
+            }
+        }
         let mut names: Vec<String> = model.bridge_tensors().keys().cloned().collect();
         names.sort();
         let mut params = Vec::with_capacity(names.len() + 1);
@@ -141,7 +150,7 @@ impl Trainer {
         let row_ids = if cfg.freeze_lm_embeddings {
             None
         } else {
-            let mut ids = vec![model.media_token_id(), model.end_of_chunk_token_id()];
+            let mut ids = special.to_vec();
             ids.sort_unstable();
             ids.dedup();
             // Start from the rows the model uses now: a model handed back by an earlier
@@ -149,12 +158,6 @@ impl Trainer {
             let start = match model.trainable_rows() {
                 Some(tr) if tr.ids == ids => tr.rows.clone(),
                 _ => {
-                    let vocab = model.lm().info().vocab_size;
-                    if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-                        return Err(Error::InvalidInput(format!(
-                            "token id {bad} (<image> or <|endofchunk|>) is outside the LM's vocabulary of {vocab}: pass the tokenizer's length as vocabSize when loading"
-                        )));
-                    }
                     let idx = Tensor::from_slice(&ids, ids.len(), model.device())?;
                     model.lm().input_embeddings().index_select(&idx, 0)?
                 }
@@ -265,8 +268,9 @@ impl Trainer {
     }
 
     /// One optimizer step over `micro_batches` (gradient accumulation over all of them):
-    /// for each part, backward of `loss / micro_batches · multiplier`; clipping by global
-    /// norm per `clip_mode`; AdamW at the schedule's rate; the schedule advances.
+    /// for each part, backward of `loss / accumulation steps · multiplier` (the steps are
+    /// the micro-batches, unless `gradient_accumulation_steps` fixes them); clipping by
+    /// global norm per `clip_mode`; AdamW at the schedule's rate; the schedule advances.
     pub fn step(&mut self, micro_batches: &[MicroBatch]) -> Result<StepStats> {
         let started = Instant::now();
         if micro_batches.is_empty() || micro_batches.iter().any(|m| m.parts.is_empty()) {
