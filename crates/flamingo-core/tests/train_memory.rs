@@ -60,6 +60,20 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// User + system CPU seconds of this process (/proc/self/stat, clock ticks of 1/100 s):
+/// unlike wall time, barely affected by other load on the machine.
+fn cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let after_name = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = after_name.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Not a test on its own: the child process body of the throughput report below.
 #[test]
 fn throughput_helper_child_process_runs_steps() {
@@ -72,22 +86,25 @@ fn throughput_helper_child_process_runs_steps() {
     let mut t = trainer(&family, TrainConfig::default());
     let mb = || MicroBatch::new(vec![WeightedInput::new(golden_input(&g), 1.0, "x")]);
     t.step(&[mb()]).unwrap(); // warm-up
-    let steps = 3;
+    let steps = 5;
     let start = Instant::now();
+    let cpu_start = cpu_seconds();
     let mut samples = 0;
     for _ in 0..steps {
         samples += t.step(&[mb()]).unwrap().samples;
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_start;
+    let path = if materialise {
+        "plain-matmul"
+    } else {
+        "frozen-linear"
+    };
     println!(
-        "BENCH {family} {} {:.2} {:.3} {}",
-        if materialise {
-            "plain-matmul"
-        } else {
-            "frozen-linear"
-        },
+        "BENCH {family} {path} {:.2} {:.3} {:.3} {}",
         samples as f64 / secs,
         secs / steps as f64,
+        cpu / steps as f64,
         peak_rss_kib()
     );
 }
@@ -95,7 +112,8 @@ fn throughput_helper_child_process_runs_steps() {
 #[test]
 fn training_step_throughput_and_peak_memory_report() {
     let exe = std::env::current_exe().unwrap();
-    println!("family    backward path   samples/s  s/step  peak RSS (MiB)");
+    // One candle thread per child: CPU seconds per step is then the compute a step costs.
+    println!("family    backward path   samples/s  wall s/step  CPU s/step  peak RSS (MiB)");
     for family in FAMILIES {
         for materialise in [false, true] {
             let mut cmd = Command::new(&exe);
@@ -105,7 +123,9 @@ fn training_step_throughput_and_peak_memory_report() {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env("FLAMINGO_TEST_BENCH_FAMILY", family);
+            .env("FLAMINGO_TEST_BENCH_FAMILY", family)
+            .env("CANDLE_NUM_THREADS", "1")
+            .env("RAYON_NUM_THREADS", "1");
             if materialise {
                 cmd.env("FLAMINGO_TEST_BENCH_MATERIALISE", "1");
             }
@@ -117,10 +137,10 @@ fn training_step_throughput_and_peak_memory_report() {
                 .find_map(|l| l.split_once("BENCH ").map(|(_, rest)| rest))
                 .unwrap_or_else(|| panic!("{family}: no report in {stdout}"));
             let f: Vec<&str> = line.split_whitespace().collect();
-            let rss_mib = f[4].parse::<f64>().unwrap() / 1024.0;
+            let rss_mib = f[5].parse::<f64>().unwrap() / 1024.0;
             println!(
-                "{:<9} {:<15} {:>9} {:>7} {:>8.1}",
-                f[0], f[1], f[2], f[3], rss_mib
+                "{:<9} {:<15} {:>9} {:>12} {:>11} {:>15.1}",
+                f[0], f[1], f[2], f[3], f[4], rss_mib
             );
         }
     }
