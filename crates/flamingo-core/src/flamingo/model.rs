@@ -168,6 +168,7 @@ fn lm_family_of(cfg_path: &Path, raw: &serde_json::Value) -> Result<(LmFamily, S
         "opt" => LmFamily::Opt,
         "gpt_neox" => LmFamily::GptNeox,
         "mpt" | "mosaic_gpt" => LmFamily::Mpt,
+        "gptj" => LmFamily::GptJ,
         other => {
             return Err(Error::UnsupportedModel {
                 model_type: other.to_string(),
