@@ -6,9 +6,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use flamingo_core::flamingo::config::{CrossAttnConfig, PerceiverConfig};
+use flamingo_core::flamingo::model::{Flamingo, ForwardInput, LoadSpec};
+use flamingo_core::generate::{GenerationConfig, GenerationSession};
 use flamingo_core::io::{SafetensorsFiles, Weights};
 use flamingo_core::lm::{self, AttentionContext, CausalLm, KvCache, LmFamily, LmLoadOptions};
 use flamingo_core::Error;
@@ -320,4 +324,147 @@ fn hf_attribute_map_spellings_parse_to_the_same_model() {
     let lm = lm::load_lm(&dir, &weights(&fixture()), &LmLoadOptions::default()).unwrap();
     let logits = forward(lm.as_ref(), &ids, &mask, 0, None);
     assert!(max_abs_diff(&logits, &e["logits"]) <= 1e-5);
+}
+
+/// The golden fixtures' tiny CLIP tower (hub layout), used as the vision side of a GPT-J
+/// Flamingo: OpenFlamingo's decoder-layers table lists `gptj` → `transformer.h` (spec §2.4).
+fn golden_vision_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/llama/vision")
+}
+
+fn gptj_flamingo_spec(layers_path: &str) -> LoadSpec {
+    LoadSpec {
+        vision_dir: golden_vision_dir(),
+        lm_dir: fixture(),
+        checkpoint: None,
+        media_token_id: 94,
+        end_of_chunk_token_id: 93,
+        cross_attn_layers: vec![0, 1],
+        decoder_layers_path: Some(layers_path.to_string()),
+        perceiver: PerceiverConfig::default(),
+        cross_attn: CrossAttnConfig::default(),
+        vision_post_layernorm: false,
+        vocab_size: None,
+        strict: true,
+        init_seed: 7,
+    }
+}
+
+#[test]
+fn gptj_composes_with_gated_cross_attention_before_its_transformer_h_layers() {
+    let mut model = Flamingo::load(&gptj_flamingo_spec("transformer.h"), &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(model.summary().family, LmFamily::GptJ);
+    assert_eq!(model.cross_attn_layers(), &[0, 1]);
+    assert!(model
+        .bridge_tensors()
+        .contains_key("lang_encoder.transformer.h.1.gated_cross_attn_layer.attn_gate"));
+
+    // <image> text <|endofchunk|> <image> text, over two 32×32 images.
+    let ids = vec![94u32, 5, 6, 7, 8, 93, 94, 9, 10, 11];
+    let t = ids.len();
+    let lang_x = Tensor::from_vec(ids.clone(), (1, t), &Device::Cpu).unwrap();
+    let vision_x = Tensor::arange(0u32, 2 * 3 * 32 * 32, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .affine(0.01, 0.0)
+        .unwrap()
+        .sin()
+        .unwrap()
+        .reshape((1, 2, 1, 3, 32, 32))
+        .unwrap();
+    let run = |model: &Flamingo| {
+        model
+            .forward(&ForwardInput {
+                vision_x: vision_x.clone(),
+                lang_x: lang_x.clone(),
+                attention_mask: None,
+                labels: None,
+                allow_excess_media_tokens: false,
+            })
+            .unwrap()
+            .logits
+    };
+
+    // Fresh blocks have zero gates (the reference's init): the LM's own logits come out.
+    let lm_only = forward(load().as_ref(), &[ids.clone()], &[vec![1; t]], 0, None);
+    let err = max_abs_diff(&run(&model), &lm_only);
+    assert!(
+        err <= 1e-5,
+        "zero-gate Flamingo differs from GPT-J alone ({err})"
+    );
+
+    // Open the gates: the images now reach the text through the blocks.
+    let mut bridge = model.bridge_tensors().clone();
+    for (k, v) in bridge.iter_mut() {
+        if k.ends_with("attn_gate") || k.ends_with("ff_gate") {
+            *v = Tensor::new(&[0.5f32], &Device::Cpu).unwrap();
+        }
+    }
+    model.set_bridge_tensors(bridge).unwrap();
+    let gated = run(&model);
+    assert!(max_abs_diff(&gated, &lm_only) > 1e-3);
+
+    // KV-cached greedy decoding through the composition equals recomputing the sequence.
+    let model = Arc::new(model);
+    let steps = 5;
+    let result = GenerationSession::start(
+        model.clone(),
+        &vision_x,
+        vec![ids.clone()],
+        None,
+        GenerationConfig {
+            max_new_tokens: steps,
+            min_new_tokens: steps,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .run_to_end(&AtomicBool::new(false))
+    .unwrap();
+    let mut seq = ids.clone();
+    for &next in &result.new_tokens[0] {
+        let lang_x = Tensor::from_vec(seq.clone(), (1, seq.len()), &Device::Cpu).unwrap();
+        let logits = model
+            .forward(&ForwardInput {
+                vision_x: vision_x.clone(),
+                lang_x,
+                attention_mask: None,
+                labels: None,
+                allow_excess_media_tokens: false,
+            })
+            .unwrap()
+            .logits;
+        let last: Vec<f32> = logits
+            .get(0)
+            .unwrap()
+            .get(seq.len() - 1)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Generation bans <|endofchunk|> before min_new_tokens, and <image>.
+        let best = last
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 93 && *i != 94)
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i as u32)
+            .unwrap();
+        assert_eq!(
+            next, best,
+            "cached step differs from a recompute after {seq:?}"
+        );
+        seq.push(next);
+    }
+}
+
+#[test]
+fn a_gptj_flamingo_names_transformer_h_when_another_layers_path_is_expected() {
+    let err = match Flamingo::load(&gptj_flamingo_spec("model.layers"), &Device::Cpu) {
+        Ok(_) => panic!("accepted a wrong decoder layers path"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, Error::Config { .. }), "{err}");
+    assert!(err.to_string().contains("transformer.h"), "{err}");
 }
