@@ -388,7 +388,13 @@ fn gptj_composes_with_gated_cross_attention_before_its_transformer_h_layers() {
     };
 
     // Fresh blocks have zero gates (the reference's init): the LM's own logits come out.
-    let lm_only = forward(load().as_ref(), &[ids.clone()], &[vec![1; t]], 0, None);
+    let lm_only = forward(
+        load().as_ref(),
+        std::slice::from_ref(&ids),
+        &[vec![1; t]],
+        0,
+        None,
+    );
     let err = max_abs_diff(&run(&model), &lm_only);
     assert!(
         err <= 1e-5,

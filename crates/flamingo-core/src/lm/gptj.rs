@@ -9,7 +9,9 @@ use candle_core::{DType, Tensor, D};
 
 use crate::io::Weights;
 use crate::lm::config::parse;
-use crate::lm::{AttentionContext, CausalLm, LayerKv, LmFamily, LmInfo, LmLoadOptions};
+use crate::lm::{
+    check_token_ids, AttentionContext, CausalLm, LayerKv, LmFamily, LmInfo, LmLoadOptions,
+};
 use crate::nn::{embedding, softmax_last_dim, Activation, LayerNorm, Linear};
 use crate::{Error, Result};
 
@@ -159,14 +161,11 @@ impl GptJ {
         };
         let lm_head_bias = weights.get(cfg.vocab_size, "lm_head.bias")?;
 
-        let (wte, lm_head, lm_head_bias) = match opts.vocab_size {
-            Some(n) => (
-                resize_rows(&wte, n)?,
-                lm_head.map(|h| resize_rows(&h, n)).transpose()?,
-                resize_rows(&lm_head_bias.unsqueeze(1)?, n)?.squeeze(1)?,
-            ),
-            None => (wte, lm_head, lm_head_bias),
-        };
+        // `resize_token_embeddings` resizes the head's bias with its matrix (new entries: the
+        // mean bias), so the bias goes through the same row resize as a one-column table.
+        let wte = opts.resize_vocab(wte)?;
+        let lm_head = lm_head.map(|h| opts.resize_vocab(h)).transpose()?;
+        let lm_head_bias = opts.resize_vocab(lm_head_bias.unsqueeze(1)?)?.squeeze(1)?;
 
         // `1 / base^(2i / rotary_dim)` in f32, as the reference computes its sin/cos table.
         let inv_freq: Vec<f32> = (0..rotary_dim / 2)
@@ -264,47 +263,13 @@ impl GptJ {
     }
 }
 
-/// The reference's `resize_token_embeddings` on a `(V, …)` table: shrinking keeps the first
-/// rows; growing appends rows equal to the mean of the existing ones (transformers'
-/// `mean_resizing`; for the head's bias too).
-fn resize_rows(table: &Tensor, rows: usize) -> Result<Tensor> {
-    let old = table.dim(0)?;
-    if rows == 0 {
-        return Err(Error::InvalidInput(
-            "the vocabulary size must be at least 1".into(),
-        ));
-    }
-    if rows <= old {
-        return Ok(table.narrow(0, 0, rows)?);
-    }
-    let mean = table
-        .to_dtype(DType::F32)?
-        .mean_keepdim(0)?
-        .to_dtype(table.dtype())?;
-    let mut shape = table.dims().to_vec();
-    shape[0] = rows - old;
-    Ok(Tensor::cat(&[table, &mean.broadcast_as(shape)?], 0)?)
-}
-
 impl CausalLm for GptJ {
     fn info(&self) -> &LmInfo {
         &self.info
     }
 
     fn embed(&self, ids: &Tensor, _ctx: &AttentionContext) -> Result<Tensor> {
-        let vocab = self.wte.dim(0)?;
-        if ids.elem_count() > 0 {
-            let max = ids
-                .to_dtype(DType::U32)?
-                .flatten_all()?
-                .max(0)?
-                .to_scalar::<u32>()?;
-            if max as usize >= vocab {
-                return Err(Error::InvalidInput(format!(
-                    "token id {max} is out of range for a vocabulary of {vocab} rows"
-                )));
-            }
-        }
+        check_token_ids(ids, self.wte.dim(0)?)?;
         embedding(&self.wte, ids)
     }
 
