@@ -2,7 +2,8 @@
 //! tests/fixtures/gptj was written by scripts/dev/make_lm_fixtures.py (seed 4242, torch 2.12
 //! CPU, transformers 5.17, float32): a tiny random model (n_embd 64, 4 heads, rotary_dim 8 of
 //! head 16, 2 layers, vocab 96) with every parameter perturbed off its init, its config.json
-//! in the GPT-2 style names EleutherAI/gpt-j-6B ships, and the reference logits.
+//! in the GPT-2 style names EleutherAI/gpt-j-6B ships, and the reference logits. The
+//! composition tests pair it with the golden fixtures' tiny CLIP tower (../shared/golden).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -473,4 +474,38 @@ fn a_gptj_flamingo_names_transformer_h_when_another_layers_path_is_expected() {
     };
     assert!(matches!(err, Error::Config { .. }), "{err}");
     assert!(err.to_string().contains("transformer.h"), "{err}");
+}
+
+#[test]
+fn half_precision_weights_run_and_stay_close_to_f32() {
+    // bf16/f16 weights: the reference computes attention scores and softmax in f32 whatever
+    // the weights' dtype; the rest runs in the weights' dtype.
+    let e = expected();
+    let ids = rows(&e["input_ids"]);
+    let mask = rows(&e["attention_mask"]);
+    let reference = &e["logits"];
+    let scale = reference
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let dir = fixture();
+        let w = weights(&dir).with_dtype(dtype);
+        let lm = lm::load_lm(&dir, &w, &LmLoadOptions::default()).unwrap();
+        assert_eq!(lm.input_embeddings().dtype(), dtype);
+        let ctx = AttentionContext::new(&mask, 0, DType::F32, &Device::Cpu).unwrap();
+        let mut h = lm.embed(&ids_tensor(&ids), &ctx).unwrap();
+        for i in 0..lm.info().num_layers {
+            h = lm.layer(i, &h, &ctx, None).unwrap();
+        }
+        let logits = lm.head(&h).unwrap().to_dtype(DType::F32).unwrap();
+        let err = max_abs_diff(&logits, reference);
+        println!("{dtype:?}: max abs err {err:.3e} (logits up to {scale:.2})");
+        assert!(err <= 0.02 * scale, "{dtype:?}: {err}");
+    }
 }
