@@ -296,6 +296,7 @@ fn config_errors_are_actionable() {
         err.to_string().contains("transformer.h.0.mlp.fc_in.weight"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -325,6 +326,7 @@ fn hf_attribute_map_spellings_parse_to_the_same_model() {
     let lm = lm::load_lm(&dir, &weights(&fixture()), &LmLoadOptions::default()).unwrap();
     let logits = forward(lm.as_ref(), &ids, &mask, 0, None);
     assert!(max_abs_diff(&logits, &e["logits"]) <= 1e-5);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The golden fixtures' tiny CLIP tower (hub layout), used as the vision side of a GPT-J
