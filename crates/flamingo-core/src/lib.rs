@@ -6,9 +6,11 @@
 
 pub mod error;
 pub mod flamingo;
+pub mod generate;
 pub mod io;
 pub mod lm;
 pub mod nn;
+pub mod text;
 pub mod vision;
 
 pub use error::{Error, Result};

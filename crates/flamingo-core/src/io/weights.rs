@@ -175,6 +175,8 @@ pub struct Weights {
     prefix: String,
     dtype: DType,
     device: Device,
+    /// Elements loaded through this view and every view derived from it (parameter counts).
+    loaded: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Weights {
@@ -184,6 +186,7 @@ impl Weights {
             prefix: String::new(),
             dtype,
             device: device.clone(),
+            loaded: Arc::default(),
         }
     }
 
@@ -281,8 +284,15 @@ impl Weights {
         self.load_converted(&key)
     }
 
+    /// Number of tensor elements loaded through this view and its children so far.
+    pub fn loaded_elements(&self) -> u64 {
+        self.loaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn load_converted(&self, key: &str) -> Result<Tensor> {
         let t = self.source.load(key)?;
+        self.loaded
+            .fetch_add(t.elem_count() as u64, std::sync::atomic::Ordering::Relaxed);
         let t = if t.dtype() != self.dtype && t.dtype().is_float() {
             t.to_dtype(self.dtype)?
         } else {
@@ -292,22 +302,11 @@ impl Weights {
     }
 }
 
-/// `overrides` shadow `base` wherever a key exists in both with the same shape — the
-/// reference's non-strict `load_state_dict` of a checkpoint over a pretrained LM.
+/// `overrides` shadow `base` for every key they hold — the caller decides which checkpoint
+/// tensors apply (the reference's `load_state_dict(strict=False)` over a pretrained LM).
 pub struct Overlay {
     pub base: Arc<dyn TensorSource>,
     pub overrides: Arc<dyn TensorSource>,
-}
-
-impl Overlay {
-    /// Whether `key` is served from the overrides.
-    pub fn overridden(&self, key: &str) -> bool {
-        match (self.overrides.shape(key), self.base.shape(key)) {
-            (Some(o), Some(b)) => o == b,
-            (Some(_), None) => true,
-            _ => false,
-        }
-    }
 }
 
 impl TensorSource for Overlay {
@@ -328,14 +327,10 @@ impl TensorSource for Overlay {
         k
     }
     fn shape(&self, key: &str) -> Option<Vec<usize>> {
-        if self.overridden(key) {
-            self.overrides.shape(key)
-        } else {
-            self.base.shape(key)
-        }
+        self.overrides.shape(key).or_else(|| self.base.shape(key))
     }
     fn load(&self, key: &str) -> Result<Tensor> {
-        if self.overridden(key) {
+        if self.overrides.contains(key) {
             self.overrides.load(key)
         } else {
             self.base.load(key)

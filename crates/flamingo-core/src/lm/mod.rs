@@ -97,6 +97,16 @@ pub trait CausalLm: Send + Sync {
 
     /// The input embedding matrix `(V, D)` (trainable rows live here).
     fn input_embeddings(&self) -> &Tensor;
+
+    /// The hidden states the output head multiplies by its matrix (after the final norm and
+    /// any output projection), `(B, T, D_head)`. Needed to give tied-embedding rows their
+    /// output-head gradient when those rows train.
+    fn final_hidden(&self, _hidden: &Tensor) -> Result<Tensor> {
+        Err(Error::InvalidInput(format!(
+            "{:?} does not expose its final hidden states",
+            self.info().family
+        )))
+    }
 }
 
 /// Loads the LM described by `dir/config.json` from `weights` (rooted at the HF key names).
