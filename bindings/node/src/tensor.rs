@@ -119,3 +119,49 @@ pub fn to_js(t: &Tensor) -> BindingResult<FloatTensor> {
         shape,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shape_must_hold_exactly_the_data() {
+        assert_eq!(checked_shape("x", &[2, 3], 6).unwrap(), vec![2, 3]);
+        let err = checked_shape("visionX", &[2, 3], 5).unwrap_err();
+        assert_eq!(err.code, "ERR_INVALID_INPUT");
+        assert_eq!(
+            err.message,
+            "visionX: shape [2, 3] holds 6 elements, but data has 5"
+        );
+    }
+
+    #[test]
+    fn a_shape_too_large_to_count_is_rejected_not_wrapped() {
+        let err = checked_shape("x", &[u32::MAX, u32::MAX, u32::MAX], 0).unwrap_err();
+        assert!(err.message.contains("too large"), "{}", err.message);
+    }
+
+    #[test]
+    fn negative_token_ids_are_rejected() {
+        let ids = HostTensor {
+            name: "langX",
+            data: vec![1, -5],
+            shape: vec![1, 2],
+        };
+        let err = ids.to_u32(&Device::Cpu).unwrap_err();
+        assert_eq!(err.message, "langX must not be negative (found -5)");
+        let labels = HostTensor {
+            name: "labels",
+            data: vec![-100, 7],
+            shape: vec![1, 2],
+        };
+        assert_eq!(
+            labels
+                .to_i64(&Device::Cpu)
+                .unwrap()
+                .to_vec2::<i64>()
+                .unwrap(),
+            vec![vec![-100, 7]]
+        );
+    }
+}
