@@ -796,7 +796,9 @@ fn select_lm_overrides(
             Some(base_shape) => {
                 let shape = t.dims();
                 let after_resize = vocab_size.is_some_and(|v| {
-                    shape.first() == Some(&v) && shape.len() == base_shape.len() && shape[1..] == base_shape[1..]
+                    shape.first() == Some(&v)
+                        && shape.len() == base_shape.len()
+                        && shape[1..] == base_shape[1..]
                 });
                 if shape != base_shape.as_slice() && !after_resize {
                     return Err(Error::Checkpoint(format!(
