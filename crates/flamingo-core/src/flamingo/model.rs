@@ -634,7 +634,8 @@ impl Flamingo {
         let mut h = self.lm.embed(&ids_t, &ctx)?;
         let overrides = self.row_overrides(&ids_t)?;
         if let Some((which, delta)) = &overrides {
-            h = (h + which.broadcast_matmul(delta)?)?;
+            let delta_hidden = self.lm.project_embedding_delta(delta)?;
+            h = (h + which.broadcast_matmul(&delta_hidden)?)?;
         }
         for i in 0..self.lm.info().num_layers {
             if let (Some(block), Some(kv)) = (&self.cross_attn[i], &media.per_layer[i]) {

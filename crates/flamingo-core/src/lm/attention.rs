@@ -103,3 +103,20 @@ pub fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
         .expand((b, n_kv, n_rep, s, d))?
         .reshape((b, n_kv * n_rep, s, d))?)
 }
+
+/// The additive mask in the scores' dtype. candle refuses mixed-dtype adds, and the
+/// composition builds the mask in f32. In f16, `MASKED_SCORE` would become −inf (f16 tops
+/// out at 65504), turning fully masked left-pad rows into NaNs that then leak into real rows
+/// through `0 · NaN`; half of f16's range still zeroes a key after softmax and leaves
+/// headroom for the scores and ALiBi biases added to it.
+pub fn mask_in_dtype(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+    if mask.dtype() == dtype {
+        return Ok(mask.clone());
+    }
+    let mask = if dtype == DType::F16 {
+        mask.to_dtype(DType::F32)?.maximum(-32752f64)?
+    } else {
+        mask.clone()
+    };
+    Ok(mask.to_dtype(dtype)?)
+}

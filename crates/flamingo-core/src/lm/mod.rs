@@ -74,6 +74,32 @@ pub struct LmLoadOptions {
     pub vocab_size: Option<usize>,
 }
 
+impl LmLoadOptions {
+    /// Applies `vocab_size` to a `(V, D)` matrix (an input embedding or an untied head):
+    /// shrinking keeps the first rows, growing appends copies of the mean row (computed in
+    /// f32), as HF `resize_token_embeddings` with mean initialisation does.
+    pub fn resize_vocab(&self, table: Tensor) -> Result<Tensor> {
+        let Some(target) = self.vocab_size else {
+            return Ok(table);
+        };
+        let (rows, dim) = table.dims2()?;
+        if target == 0 {
+            return Err(Error::InvalidInput(
+                "vocab_size must be at least 1".to_string(),
+            ));
+        }
+        if target <= rows {
+            return Ok(table.narrow(0, 0, target)?);
+        }
+        let mean = table
+            .to_dtype(candle_core::DType::F32)?
+            .mean_keepdim(0)?
+            .to_dtype(table.dtype())?;
+        let extra = mean.broadcast_as((target - rows, dim))?;
+        Ok(Tensor::cat(&[&table, &extra], 0)?)
+    }
+}
+
 /// A causal LM split into the stages the Flamingo composition interleaves with.
 pub trait CausalLm: Send + Sync {
     fn info(&self) -> &LmInfo;
@@ -98,6 +124,12 @@ pub trait CausalLm: Send + Sync {
     /// The input embedding matrix `(V, D)` (trainable rows live here).
     fn input_embeddings(&self) -> &Tensor;
 
+    /// Maps a change of token-embedding rows into the hidden space `embed` returns (identity,
+    /// except for OPT's `project_in`, which is linear and bias-free, so deltas map exactly).
+    fn project_embedding_delta(&self, delta: &Tensor) -> Result<Tensor> {
+        Ok(delta.clone())
+    }
+
     /// The hidden states the output head multiplies by its matrix (after the final norm and
     /// any output projection), `(B, T, D_head)`. Needed to give tied-embedding rows their
     /// output-head gradient when those rows train.
@@ -107,6 +139,26 @@ pub trait CausalLm: Send + Sync {
             self.info().family
         )))
     }
+}
+
+/// Errors unless every id in `ids` is below `vocab_size`: an out-of-range id would make the
+/// embedding lookup fail with an opaque tensor error on the CPU, and read out of bounds on
+/// CUDA. Costs one scalar read-back.
+pub fn check_token_ids(ids: &Tensor, vocab_size: usize) -> Result<()> {
+    if ids.elem_count() == 0 {
+        return Ok(());
+    }
+    let top = ids
+        .to_dtype(candle_core::DType::U32)?
+        .max_all()?
+        .to_scalar::<u32>()? as usize;
+    if top >= vocab_size {
+        return Err(Error::InvalidInput(format!(
+            "token id {top} is out of range for a vocabulary of {vocab_size} (resize the \
+             vocabulary to len(tokenizer) when loading)"
+        )));
+    }
+    Ok(())
 }
 
 /// Loads the LM described by `dir/config.json` from `weights` (rooted at the HF key names).
