@@ -7,6 +7,7 @@
 pub mod error;
 pub mod flamingo;
 pub mod generate;
+pub mod image;
 pub mod io;
 pub mod lm;
 pub mod nn;
