@@ -152,7 +152,10 @@ impl GenerationSession {
             &TextTimes::Prompt,
             Some(&mut cache),
         )?;
-        let last = logits.narrow(1, prompt_len - 1, 1)?.squeeze(1)?;
+        let last = logits
+            .narrow(1, prompt_len - 1, 1)?
+            .squeeze(1)?
+            .contiguous()?;
 
         // Expand each prompt to its beams / returned sequences after the shared prefill.
         let per_prompt = if cfg.num_beams > 1 {
