@@ -10,6 +10,7 @@
 
 mod engine;
 mod error;
+mod generate;
 mod tensor;
 
 use std::path::PathBuf;
@@ -129,6 +130,8 @@ pub struct FlamingoModel {
     jobs: Mutex<Option<Sender<Job>>>,
     summary: serde_json::Value,
     report: serde_json::Value,
+    /// Abort flags of the running generations and scoring calls (`generate.rs`).
+    operations: Mutex<generate::AbortFlags>,
 }
 
 #[napi]
@@ -146,6 +149,7 @@ impl FlamingoModel {
                 jobs: Mutex::new(Some(loaded.jobs)),
                 summary: loaded.summary,
                 report: loaded.report,
+                operations: Mutex::default(),
             }),
         }
         Ok(promise)
