@@ -124,15 +124,21 @@ export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-80}"
 export CUDARC_CUDA_VERSION=13000
 export LD_LIBRARY_PATH="$HOME_DIR/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CUDA_DIR/target}"
+# `napi build` always passes `--target <host triple>`; building the benchmark for the same
+# explicit triple lets both share one compiled tree (candle's kernels are compiled once).
+# scripts/test.sh does the same for the CPU build. Set CARGO_BUILD_TARGET= (empty) to build
+# without --target (then the addon is built with cargo too, in the same tree).
+export CARGO_BUILD_TARGET="${CARGO_BUILD_TARGET-$(rustc -vV | sed -n 's/^host: //p')}"
+[ -n "$CARGO_BUILD_TARGET" ] || unset CARGO_BUILD_TARGET
 
 if [ "$PRINT_ENV" = 1 ]; then
-  for v in CUDA_HOME CUDA_PATH PATH CUDA_COMPUTE_CAP CUDARC_CUDA_VERSION LD_LIBRARY_PATH CARGO_TARGET_DIR; do
-    printf 'export %s=%q\n' "$v" "${!v}"
+  for v in CUDA_HOME CUDA_PATH PATH CUDA_COMPUTE_CAP CUDARC_CUDA_VERSION LD_LIBRARY_PATH CARGO_TARGET_DIR CARGO_BUILD_TARGET; do
+    [ -n "${!v:-}" ] && printf 'export %s=%q\n' "$v" "${!v}"
   done
   exit 0
 fi
 log "nvcc: $(nvcc --version | tail -1)"
-log "CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP CUDARC_CUDA_VERSION=$CUDARC_CUDA_VERSION CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+log "CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP CUDARC_CUDA_VERSION=$CUDARC_CUDA_VERSION CARGO_TARGET_DIR=$CARGO_TARGET_DIR CARGO_BUILD_TARGET=${CARGO_BUILD_TARGET:-<none>}"
 [ "$TOOLCHAIN_ONLY" = 1 ] && { log "toolchain ready (--toolchain-only)"; exit 0; }
 
 # --- 3. the builds -------------------------------------------------------------------------
@@ -142,22 +148,26 @@ cd "$ROOT"
 t0=$(date +%s)
 log "cargo build --release -p flamingo-bench --features cuda"
 cargo build --release -p flamingo-bench --features cuda
-cp -f "$CARGO_TARGET_DIR/release/flamingo-bench" "$DIST/flamingo-bench"
+OUT_DIR="$CARGO_TARGET_DIR/${CARGO_BUILD_TARGET:+$CARGO_BUILD_TARGET/}release"
+cp -f "$OUT_DIR/flamingo-bench" "$DIST/flamingo-bench"
 log "built $DIST/flamingo-bench ($(du -h "$DIST/flamingo-bench" | cut -f1), $(($(date +%s) - t0)) s so far)"
 
 if [ "$ADDON" = 1 ]; then
-  if [ -f package.json ] && grep -q '"napi"' package.json && [ -x node_modules/.bin/napi ]; then
+  if [ -n "${CARGO_BUILD_TARGET:-}" ] && [ -f package.json ] && grep -q '"napi"' package.json \
+    && [ -x node_modules/.bin/napi ]; then
+    # The package's own addon build (package.json "build"), plus --release and the feature.
+    # Only the .node file is wanted: the JS loader and typings are the CPU build's.
     log "napi build --platform --release --features cuda (the package's addon build)"
     npx napi build --platform --release --features cuda \
       --manifest-path bindings/node/Cargo.toml --package-json-path package.json \
-      --output-dir "$DIST" --no-js
+      --output-dir "$DIST" --no-js --dts .cuda-index.d.ts
+    rm -f "$DIST/.cuda-index.d.ts"
   else
-    # TODO(ts): once the TypeScript package (package.json with its "napi" section and
-    # node_modules/.bin/napi) is on main, the branch above builds the addon the package's way.
-    # Until then the same cdylib is built with cargo and given napi's file name.
-    log "TODO: no package.json/napi CLI here yet: building the addon cdylib with cargo instead of napi build"
+    # Without the napi CLI (no `npm ci` yet), or without --target, the same cdylib is built
+    # with cargo and given napi's file name.
+    log "building the addon cdylib with cargo (napi build needs node_modules/.bin/napi and the --target tree)"
     cargo build --release -p flamingo-vlm-node --features cuda
-    cp -f "$CARGO_TARGET_DIR/release/libflamingo_vlm_node.so" "$DIST/flamingo-vlm.linux-x64-gnu.node"
+    cp -f "$OUT_DIR/libflamingo_vlm_node.so" "$DIST/flamingo-vlm.linux-x64-gnu.node"
   fi
   log "built the addon: $(ls "$DIST"/*.node)"
 fi

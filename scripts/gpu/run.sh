@@ -32,7 +32,12 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-OUT="${OUT:-$ROOT/.gpu-out}"
+if [ -z "${OUT:-}" ]; then
+  # Outside the device tool (which sets $OUT): a folder in the repository that git ignores.
+  OUT="$ROOT/.gpu-out"
+  mkdir -p "$OUT"
+  [ -f "$OUT/.gitignore" ] || echo '*' > "$OUT/.gitignore"
+fi
 mkdir -p "$OUT"
 LOG="$OUT/run.log"
 : > "$LOG"
@@ -57,7 +62,7 @@ if [ "$DRY" = 1 ]; then
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
   log "dry run: building the CPU flamingo-bench (release) in $CARGO_TARGET_DIR"
   (cd "$ROOT" && cargo build --release -p flamingo-bench) >> "$LOG" 2>&1 || { log "cargo build failed (see $LOG)"; exit 1; }
-  BIN="$CARGO_TARGET_DIR/release/flamingo-bench"
+  BIN="$CARGO_TARGET_DIR/${CARGO_BUILD_TARGET:+$CARGO_BUILD_TARGET/}release/flamingo-bench"
   TMP="${TMPDIR:-/tmp}"
   # The CPU preset is far slower than the GPU ones: one preset gets the whole budget.
   LIMITS=(60 $(( BUDGET * 45 / 100 )) $(( BUDGET * 45 / 100 )))

