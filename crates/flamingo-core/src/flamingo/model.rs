@@ -182,8 +182,14 @@ fn lm_family_of(cfg_path: &Path, raw: &serde_json::Value) -> Result<(LmFamily, S
 
 impl Flamingo {
     pub fn load(spec: &LoadSpec, device: &Device) -> Result<Self> {
-        let dtype = DType::F32;
+        Self::load_with_dtype(spec, device, DType::F32)
+    }
 
+    /// `load` with every weight (vision tower, LM, perceiver, cross-attention) in `dtype`,
+    /// as the reference's `model.to(torch.bfloat16)` does for inference on a GPU. F32 is the
+    /// only dtype the parity tests and training cover; BF16 is for CUDA (candle's CPU matmul
+    /// has no BF16 kernel), F16 runs on both.
+    pub fn load_with_dtype(spec: &LoadSpec, device: &Device, dtype: DType) -> Result<Self> {
         // Vision tower.
         let vision_cfg_path = spec.vision_dir.join("config.json");
         let vision_cfg = ClipVisionConfig::from_hf_json(
