@@ -253,6 +253,30 @@ fn inference(
         })?;
         run.set(name, &key, json!(n as f64 / dt));
         eprintln!("[{name}] {key}: {:.2}", n as f64 / dt);
+        // Where encode time goes: the vision tower alone, and one bf16/f32 matmul of the
+        // tower's MLP shape (rows = every patch token of the batch), as achieved FLOP/s.
+        let tokens = model.vision_tokens(&vx)?;
+        let dt_tower = timed(dev, opts.reps, 1, || {
+            model.vision_tokens(&vx)?;
+            Ok(())
+        })?;
+        run.set(name, "encode_tower_ms", json!(1e3 * dt_tower));
+        run.set(name, "encode_perceiver_ms", json!(1e3 * (dt - dt_tower)));
+        let (rows, width) = (tokens.elem_count() / tokens.dim(4)?, tokens.dim(4)?);
+        let a = Tensor::ones((rows, width), opts.dtype, dev)?;
+        let w = Tensor::ones((4 * width, width), opts.dtype, dev)?;
+        let dt_mm = timed(dev, opts.reps, 1, || {
+            a.matmul(&w.t()?)?;
+            Ok(())
+        })?;
+        let tflops = 2.0 * (rows * width * 4 * width) as f64 / dt_mm / 1e12;
+        run.set(name, "encode_mlp_matmul_tflops", json!(tflops));
+        eprintln!(
+            "[{name}] tower {:.1} ms, perceiver {:.1} ms, {rows}x{width}x{} matmul {tflops:.0} TFLOP/s",
+            1e3 * dt_tower,
+            1e3 * (dt - dt_tower),
+            4 * width
+        );
         run.save();
     }
 

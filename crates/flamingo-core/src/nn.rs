@@ -272,7 +272,13 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 /// QuickGELU `x·σ(1.702x)`, used by OpenAI's CLIP weights.
 pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
     let s = (x * 1.702)?;
-    let sig = (s.neg()?.exp()? + 1.0)?.recip()?;
+    // candle's sigmoid is one kernel (with a backward), against four for the written-out
+    // form; the CLIP MLP runs it over every patch token of every layer.
+    let sig = if s.track_op() {
+        (s.neg()?.exp()? + 1.0)?.recip()?
+    } else {
+        candle_nn::ops::sigmoid(&s)?
+    };
     Ok((x * sig)?)
 }
 

@@ -28,6 +28,12 @@ pub struct MediaKv {
     pub num_media: usize,
     /// n: latents per image (64 in OpenFlamingo).
     pub latents_per_media: usize,
+    /// `(1, 1, T_img·n)` u32: the 1-based image index of each latent. With `fill`, built
+    /// once per media rather than in every layer at every decode step, where each host copy
+    /// would stall the GPU queue.
+    pub media_time: Tensor,
+    /// `-finfo(dtype).max` as a scalar in the keys' dtype: the masked-score fill.
+    pub fill: Tensor,
 }
 
 /// `MaskedCrossAttention`: LayerNorm on the text side only (the media is not normalised
@@ -68,22 +74,21 @@ impl MaskedCrossAttention {
         } else {
             let sim = q.matmul(&media.k.t()?)?; // (B, H, T, S)
 
-            // Each image's latents share one 1-based time.
-            let media_time: Vec<u32> = (0..s)
-                .map(|j| (j / media.latents_per_media) as u32 + 1)
-                .collect();
-            let media_time = Tensor::from_vec(media_time, (1, 1, s), x.device())?;
             let tt = text_time.unsqueeze(2)?; // (B, T, 1)
             let allowed = if self.only_attend_immediate_media {
-                tt.broadcast_eq(&media_time)?
+                tt.broadcast_eq(&media.media_time)?
             } else {
-                tt.broadcast_ge(&media_time)?
+                tt.broadcast_ge(&media.media_time)?
             };
             let shape = sim.shape().clone();
             let allowed = allowed.unsqueeze(1)?.broadcast_as(&shape)?;
             // `where_cond`, not an additive bias: like `masked_fill`, masked scores get no
             // gradient, which matters for fully masked rows (uniform, yet not trained).
-            let fill = most_negative(sim.dtype(), sim.device())?.broadcast_as(&shape)?;
+            let fill = if media.fill.dtype() == sim.dtype() {
+                media.fill.broadcast_as(&shape)?
+            } else {
+                most_negative(sim.dtype(), sim.device())?.broadcast_as(&shape)?
+            };
             let attn = softmax_last_dim(&allowed.where_cond(&sim, &fill)?)?;
             let out = merge_heads(&attn.matmul(&media.v)?)?; // (B, T, inner)
             if self.only_attend_immediate_media {
@@ -187,11 +192,15 @@ impl GatedCrossAttentionBlock {
             self.dim_visual,
         ))?;
         let kv = self.attn.to_kv.forward(&media)?;
+        // Each image's latents share one 1-based time.
+        let media_time: Vec<u32> = (0..t_img * n).map(|j| (j / n) as u32 + 1).collect();
         Ok(MediaKv {
             k: split_heads(&kv.narrow(2, 0, inner)?, self.attn.heads)?,
             v: split_heads(&kv.narrow(2, inner, inner)?, self.attn.heads)?,
             num_media: t_img,
             latents_per_media: n,
+            media_time: Tensor::from_vec(media_time, (1, 1, t_img * n), media.device())?,
+            fill: most_negative(kv.dtype(), kv.device())?,
         })
     }
 

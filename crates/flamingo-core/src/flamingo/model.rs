@@ -854,6 +854,8 @@ impl MediaConditioning {
                             v: kv.v.index_select(&idx, 0)?,
                             num_media: kv.num_media,
                             latents_per_media: kv.latents_per_media,
+                            media_time: kv.media_time.clone(),
+                            fill: kv.fill.clone(),
                         })
                     })
                     .transpose()

@@ -1,6 +1,8 @@
 //! Attention context (positions and masks derived from the padding mask) and the scaled
 //! dot-product attention every decoder family uses.
 
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::nn::softmax_last_dim;
@@ -23,6 +25,11 @@ pub struct AttentionContext {
     pub past_len: usize,
     /// New tokens in this forward.
     pub seq_len: usize,
+    /// Per-forward tensors every layer would otherwise rebuild (the mask in the compute
+    /// dtype, ALiBi biases). Building them once matters on a GPU: candle's `arange` and
+    /// `from_vec` copy from the host, and each such copy waits for the device's queue to
+    /// drain, so per-layer rebuilds serialised every decode step (docs/CUDA.md).
+    memo: Arc<Mutex<Vec<(&'static str, DType, Tensor)>>>,
 }
 
 impl AttentionContext {
@@ -62,7 +69,34 @@ impl AttentionContext {
             mask,
             past_len,
             seq_len: t,
+            memo: Arc::default(),
         })
+    }
+
+    /// The tensor `build` makes, built once per context for each `(key, dtype)` and shared by
+    /// every layer that asks. Keys name what is cached; the builder must depend only on this
+    /// context (and the model's constant weights).
+    pub fn memoized(
+        &self,
+        key: &'static str,
+        dtype: DType,
+        build: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        // The lock is not held while building: a builder may ask for another memoized tensor
+        // (the ALiBi sum asks for the mask). A poisoned lock only means a builder panicked
+        // elsewhere; the entries stay valid.
+        let lock = || self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, t)) = lock().iter().find(|(k, d, _)| *k == key && *d == dtype) {
+            return Ok(t.clone());
+        }
+        let t = build()?;
+        lock().push((key, dtype, t.clone()));
+        Ok(t)
+    }
+
+    /// The additive mask in `dtype` (see [`mask_in_dtype`]), converted once per context.
+    pub fn mask_in(&self, dtype: DType) -> Result<Tensor> {
+        self.memoized("mask", dtype, || mask_in_dtype(&self.mask, dtype))
     }
 
     /// All tokens real, no cache: positions `0..T`.

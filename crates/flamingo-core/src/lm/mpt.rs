@@ -19,7 +19,7 @@ use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
 use crate::io::Weights;
-use crate::lm::attention::{mask_in_dtype, scaled_dot_product};
+use crate::lm::attention::scaled_dot_product;
 use crate::lm::config::parse;
 use crate::lm::{
     check_token_ids, AttentionContext, CausalLm, LayerKv, LmFamily, LmInfo, LmLoadOptions,
@@ -538,12 +538,19 @@ impl Mpt {
             Some(c) => c.append(&k, &v)?,
             None => (k, v),
         };
-        let bias = match &self.alibi_slopes {
-            Some(slopes) => Some(self.alibi_bias(slopes, ctx, q.dtype())?),
-            None => None,
+        // ALiBi and the mask are the same for every layer: one `(B, H, T, S)` sum per
+        // forward. Adding it at once equals adding the two in turn: where the mask is 0 the
+        // sum is the bias exactly, and where it is −1e30 both round to −1e30.
+        let dtype = q.dtype();
+        let mask = match &self.alibi_slopes {
+            Some(slopes) => ctx.memoized("mpt-alibi+mask", dtype, || {
+                Ok(self
+                    .alibi_bias(slopes, ctx, dtype)?
+                    .broadcast_add(&ctx.mask_in(dtype)?)?)
+            })?,
+            None => ctx.mask_in(dtype)?,
         };
-        let mask = mask_in_dtype(&ctx.mask, q.dtype())?;
-        let out = scaled_dot_product(&q, &k, &v, self.softmax_scale, &mask, bias.as_ref())?;
+        let out = scaled_dot_product(&q, &k, &v, self.softmax_scale, &mask, None)?;
         let out = out.transpose(1, 2)?.reshape((b, t, d))?;
         block.out_proj.forward(&out)
     }

@@ -9,7 +9,7 @@ use candle_core::{DType, Tensor};
 use serde::Deserialize;
 
 use crate::io::Weights;
-use crate::lm::attention::{mask_in_dtype, scaled_dot_product};
+use crate::lm::attention::scaled_dot_product;
 use crate::lm::config::parse;
 use crate::lm::{
     check_token_ids, AttentionContext, CausalLm, LayerKv, LmFamily, LmInfo, LmLoadOptions,
@@ -255,7 +255,7 @@ impl Opt {
             None => (k, v),
         };
         // HF scales q after its projection (bias included); scaling the scores is the same.
-        let mask = mask_in_dtype(&ctx.mask, q.dtype())?;
+        let mask = ctx.mask_in(q.dtype())?;
         let out = scaled_dot_product(&q, &k, &v, (hd as f64).powf(-0.5), &mask, None)?;
         let out = out.transpose(1, 2)?.reshape((b, t, d))?;
         block.out_proj.forward(&out)
