@@ -91,8 +91,11 @@ async function measure(model: Flamingo): Promise<Figures> {
     model.forward({ visionX: v1, langX: { data: x64.flat(), shape: [1, 64] } }),
   );
 
-  const lag = monitorEventLoopDelay({ resolution: 1 });
+  let lagMaxMs = 0;
   for (const b of [1, 4]) {
+    // A fresh monitor per batch size: a re-enabled one counts the whole time it was off
+    // (here the warm-up call) as one event-loop delay.
+    const lag = monitorEventLoopDelay({ resolution: 1 });
     const vb = images(b, size, 4 + b);
     const xb = prompts(b, 16, 5 + b);
     const options = { maxNewTokens: NEW_TOKENS, minNewTokens: NEW_TOKENS, padTokenId: 0 };
@@ -112,12 +115,13 @@ async function measure(model: Flamingo): Promise<Figures> {
     }
     const dt = (performance.now() - t0) / REPEATS;
     lag.disable();
+    lagMaxMs = Math.max(lagMaxMs, lag.max / 1e6);
     r[`generate_tokens_per_s_b${b}`] = (b * NEW_TOKENS) / (dt / 1e3);
     r[`decode_ms_per_step_b${b}`] = native / steps;
     r[`start_ms_b${b}`] = prefill / REPEATS;
     r[`boundary_share_pct_generate_b${b}`] = (100 * (wall - native)) / wall;
   }
-  r.event_loop_lag_max_ms = lag.max / 1e6;
+  r.event_loop_lag_max_ms = lagMaxMs;
 
   // Streaming crosses the boundary once per token: the worst case for its share.
   {
