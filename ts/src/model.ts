@@ -8,6 +8,7 @@ import { type LayerPlan, planLayers } from "./layers.js";
 import type { NativeModel } from "./native.js";
 import { loadNative } from "./native.js";
 import { type LoadOptions, LoadOptionsSchema } from "./options.js";
+import { type FromPretrainedOptions, pretrainedLoadOptions } from "./pretrained.js";
 import {
   type FloatTensor,
   type FloatTensorInput,
@@ -18,6 +19,7 @@ import {
   toInt32,
   VisionXSchema,
 } from "./tensor.js";
+import { Tokenizer } from "./tokenizer.js";
 
 /** Sizes and the layer plan of a loaded model. */
 export interface ModelSummary {
@@ -68,10 +70,32 @@ export class Flamingo implements AsyncDisposable {
   readonly #native: NativeModel;
   /** Where the cross-attention blocks are, as decided at load time. */
   readonly plan: LayerPlan;
+  /** The model's tokenizer, when it was loaded with one ({@link Flamingo.fromPretrained}, or `tokenizer` in {@link LoadOptions}). */
+  readonly tokenizer: Tokenizer | undefined;
 
-  private constructor(native: NativeModel, plan: LayerPlan) {
+  private constructor(native: NativeModel, plan: LayerPlan, tokenizer?: Tokenizer) {
     this.#native = native;
     this.plan = plan;
+    this.tokenizer = tokenizer;
+  }
+
+  /**
+   * Loads a model by name, as the reference's `create_model_and_transforms` assembles it:
+   *
+   * - a release id (`"openflamingo/OpenFlamingo-3B-vitl-mpt1b"`, see {@link RELEASE_IDS}): the
+   *   CLIP tower, the LM with its tokenizer and the checkpoint are downloaded into the hub
+   *   cache (or found there; `offline: true` never touches the network), reporting progress
+   *   through `onProgress`;
+   * - a local folder with a `flamingo.json` manifest (like `models/tiny`), or laid out as a
+   *   release (`vision/`, `lm/`, `checkpoint.pt`).
+   *
+   * The tokenizer is loaded from the LM folder's `tokenizer.json`; the `<image>` and
+   * `<|endofchunk|>` ids and the vocabulary size (`tokenizer.len()`) are taken from it, and
+   * it stays attached as {@link Flamingo.tokenizer}.
+   */
+  static async fromPretrained(idOrDir: string, options?: FromPretrainedOptions): Promise<Flamingo> {
+    const { options: load } = await pretrainedLoadOptions(idOrDir, options);
+    return Flamingo.load(load);
   }
 
   /**
@@ -83,6 +107,9 @@ export class Flamingo implements AsyncDisposable {
     const parsed = LoadOptionsSchema.safeParse(options);
     if (!parsed.success) throw invalidInput("load options", parsed.error);
     const o = parsed.data;
+    const tokenizer = typeof o.tokenizer === "string" ? await Tokenizer.fromFile(o.tokenizer) : o.tokenizer;
+    // The schema guarantees one of the two.
+    const tokens = o.tokens ?? (tokenizer as Tokenizer).modelTokens;
     const plan = await planLayers(o.lm, o.crossAttention, o.decoderLayersPath);
     const binding = loadNative();
     let native: NativeModel;
@@ -91,21 +118,21 @@ export class Flamingo implements AsyncDisposable {
         visionDir: o.vision,
         lmDir: o.lm,
         checkpoint: o.checkpoint,
-        mediaTokenId: o.tokens.media,
-        endOfChunkTokenId: o.tokens.endOfChunk,
+        mediaTokenId: tokens.media,
+        endOfChunkTokenId: tokens.endOfChunk,
         crossAttnLayers: plan.crossAttentionLayers,
         decoderLayersPath: plan.decoderLayersPath,
         perceiver: o.perceiver,
         crossAttn: o.crossAttentionBlock,
         visionPostLayernorm: o.visionPostLayernorm,
-        vocabSize: o.vocabSize,
+        vocabSize: o.vocabSize ?? tokenizer?.len(),
         strict: o.strict,
         initSeed: o.seed,
       });
     } catch (error) {
       throw fromNative(error);
     }
-    return new Flamingo(native, plan);
+    return new Flamingo(native, plan, tokenizer);
   }
 
   /**

@@ -10,7 +10,9 @@
 
 mod engine;
 mod error;
+pub mod image;
 mod tensor;
+pub mod text;
 
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
