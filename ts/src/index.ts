@@ -5,6 +5,22 @@
 
 export { ErrorCode, FlamingoError } from "./errors.js";
 export {
+  AbortError,
+  type ContinuationScore,
+  type GenerateInput,
+  GenerateInputSchema,
+  type GenerationOptions,
+  GenerationOptionsSchema,
+  type GenerationResult,
+  type GenerationStream,
+  type GenerationTiming,
+  type ScoreInput,
+  ScoreInputSchema,
+  type ScoreOptions,
+  type TextCodec,
+  type TokenEvent,
+} from "./generate.js";
+export {
   type DownloadFileOptions,
   DownloadFileOptionsSchema,
   defaultCacheDir,

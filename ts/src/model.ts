@@ -4,6 +4,21 @@
  */
 
 import { fromNative, invalidInput } from "./errors.js";
+import {
+  type ContinuationScore,
+  type GenerateInput,
+  type GenerationHost,
+  type GenerationOptions,
+  type GenerationResult,
+  type GenerationStream,
+  generate,
+  type NativeGeneration,
+  type ScoreInput,
+  type ScoreOptions,
+  score,
+  stream,
+  type TextCodec,
+} from "./generate.js";
 import { type LayerPlan, planLayers } from "./layers.js";
 import type { NativeModel } from "./native.js";
 import { loadNative } from "./native.js";
@@ -72,10 +87,13 @@ export class Flamingo implements AsyncDisposable {
   readonly plan: LayerPlan;
   /** The model's tokenizer, when it was loaded with one ({@link Flamingo.fromPretrained}, or `tokenizer` in {@link LoadOptions}). */
   readonly tokenizer: Tokenizer | undefined;
+  /** Id of `<|endofchunk|>`: the default stop token of {@link generate}. */
+  readonly #endOfChunk: number;
 
-  private constructor(native: NativeModel, plan: LayerPlan, tokenizer?: Tokenizer) {
+  private constructor(native: NativeModel, plan: LayerPlan, endOfChunk: number, tokenizer?: Tokenizer) {
     this.#native = native;
     this.plan = plan;
+    this.#endOfChunk = endOfChunk;
     this.tokenizer = tokenizer;
   }
 
@@ -132,7 +150,7 @@ export class Flamingo implements AsyncDisposable {
     } catch (error) {
       throw fromNative(error);
     }
-    return new Flamingo(native, plan, tokenizer);
+    return new Flamingo(native, plan, tokens.endOfChunk, tokenizer);
   }
 
   /**
@@ -178,6 +196,43 @@ export class Flamingo implements AsyncDisposable {
     } catch (error) {
       throw fromNative(error);
     }
+  }
+
+  /** What generation and scoring need: the native handle, the stop token, the tokenizer if attached. */
+  #generation(): GenerationHost {
+    // The tokenizer attached by `fromPretrained` / `load({ tokenizer })`.
+    const codec: TextCodec | undefined = this.tokenizer;
+    return { native: this.#native as NativeModel & NativeGeneration, endOfChunk: this.#endOfChunk, codec };
+  }
+
+  /**
+   * Generates text after each prompt, KV-cached, as the reference's `Flamingo.generate` does
+   * (greedy by default; beam search with `numBeams`, sampling with `doSample`). Prompts are
+   * token ids (`langX`) or, with a tokenizer attached, `text`; a batch is left-padded and each
+   * row stops on its own. The work runs off the JS thread a few tokens per call; `signal`
+   * cancels it within one token (rejecting with an `AbortError`), and the model stays usable.
+   */
+  async generate(input: GenerateInput, options?: GenerationOptions): Promise<GenerationResult> {
+    return generate(this.#generation(), input, options);
+  }
+
+  /**
+   * {@link generate}, yielding each token as it is made (`for await (const t of model.stream(…))`);
+   * `result` has the whole result once the loop ends. Beam search yields its tokens at the
+   * end, when they are final. Leaving the loop early cancels the generation.
+   */
+  stream(input: GenerateInput, options?: GenerationOptions): GenerationStream {
+    return stream(this.#generation(), input, options);
+  }
+
+  /**
+   * Log-likelihood of each continuation after one shared context (with its images): the
+   * context runs once and its KV cache is reused for every continuation, as the reference's
+   * cached rank classification does. Continuations attend to the context's last image; the
+   * context's padding stays masked. Rank classes by `mean` (the reference) or `sum`.
+   */
+  async score(input: ScoreInput, options?: ScoreOptions): Promise<ContinuationScore[]> {
+    return score(this.#generation(), input, options);
   }
 
   /** Sizes and the layer plan. */
