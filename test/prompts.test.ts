@@ -1,16 +1,19 @@
 /**
  * Prompts in the reference's exact formats (open_flamingo/eval/models/open_flamingo.py,
- * evaluate.py; spec §6), their post-processing, and batches of typed interleaved input
- * turned into model inputs with the tiny model's word-level tokenizer.
+ * evaluate.py; spec §6), their post-processing, batches of typed interleaved input turned
+ * into model inputs with the tiny model's word-level tokenizer, and `model.caption` /
+ * `model.vqa` on the tiny model (untrained, so its words are arbitrary: the tests pin the
+ * protocol, not the text).
  */
 
 import { join } from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 
 import {
   captionPrompt,
   encodeInterleaved,
   encodePrompts,
+  Flamingo,
   FlamingoError,
   interleave,
   loadImage,
@@ -166,5 +169,84 @@ describe("model inputs", () => {
     expect(error).toBeInstanceOf(FlamingoError);
     expect((error as FlamingoError).code).toBe("ERR_INVALID_INPUT");
     expect((error as FlamingoError).message).toBe("prompt 0 has 2 images but tokenizes to 1 <image> token");
+  });
+});
+
+describe("model.caption and model.vqa", () => {
+  let model: Flamingo;
+  let tokenizer: Tokenizer;
+  const size = 32; // models/tiny's vision tower
+  beforeAll(async () => {
+    model = await Flamingo.fromPretrained(join(REPO_ROOT, "models", "tiny"));
+    tokenizer = model.tokenizer as Tokenizer;
+  });
+  afterAll(async () => {
+    await model?.dispose();
+  });
+
+  /** The reference's pipeline written out: prompt, left-padded batch, generate, decode, post-process. */
+  async function byHand(prompts: ReturnType<typeof captionPrompt>[], options: Record<string, number>) {
+    const input = await encodePrompts(tokenizer, prompts, { image: { size } });
+    const result = await model.generate(
+      { visionX: input.visionX, langX: input.langX, attentionMask: input.attentionMask },
+      options,
+    );
+    return result;
+  }
+
+  it("caption uses 3 beams, lengthPenalty 0 and 20 new tokens by default, and equals the pipeline by hand", async () => {
+    const demos = [{ image: cats, caption: "two cats" }];
+    const spy = vi.spyOn(model, "generate");
+    const captions = await model.caption([query, sink], { demos });
+    expect(spy).toHaveBeenCalledOnce();
+    expect(spy.mock.calls[0]?.[1]).toEqual({ numBeams: 3, lengthPenalty: 0, maxNewTokens: 20 });
+    spy.mockRestore();
+
+    const want = await byHand([captionPrompt({ demos, query }), captionPrompt({ demos, query: sink })], {
+      numBeams: 3,
+      lengthPenalty: 0,
+      maxNewTokens: 20,
+    });
+    expect(want.newTokens.every((t) => t.length <= 20)).toBe(true);
+    expect(captions).toEqual((want.text ?? []).map(postprocessCaption));
+    expect(captions).toHaveLength(2);
+  });
+
+  it("caption takes generation options over the defaults", async () => {
+    const spy = vi.spyOn(model, "generate");
+    const captions = await model.caption([query], { numBeams: 1, maxNewTokens: 4 });
+    expect(spy.mock.calls[0]?.[1]).toEqual({ numBeams: 1, lengthPenalty: 0, maxNewTokens: 4 });
+    spy.mockRestore();
+    const want = await byHand([captionPrompt({ query })], { numBeams: 1, lengthPenalty: 0, maxNewTokens: 4 });
+    expect(want.newTokens[0]?.length).toBeLessThanOrEqual(4);
+    expect(captions).toEqual((want.text ?? []).map(postprocessCaption));
+  });
+
+  it("vqa uses 3 beams, lengthPenalty 0 and 5 new tokens by default, and post-processes the answer", async () => {
+    const demos = [{ image: cats, question: "how many cats?", answer: "two" }];
+    const spy = vi.spyOn(model, "generate");
+    const answer = await model.vqa(query, "what colour is it?", { demos });
+    expect(spy.mock.calls[0]?.[1]).toEqual({ numBeams: 3, lengthPenalty: 0, maxNewTokens: 5 });
+    spy.mockRestore();
+    const want = await byHand([vqaPrompt({ demos, query: { image: query, question: "what colour is it?" } })], {
+      numBeams: 3,
+      lengthPenalty: 0,
+      maxNewTokens: 5,
+    });
+    expect(want.newTokens[0]?.length).toBeLessThanOrEqual(5);
+    expect(answer).toBe(postprocessVqa(want.text?.[0] ?? ""));
+  });
+
+  it("without a tokenizer, says how to get one", async () => {
+    const tiny = join(REPO_ROOT, "models", "tiny");
+    await using bare = await Flamingo.load({
+      vision: join(tiny, "vision"),
+      lm: join(tiny, "lm"),
+      crossAttention: { everyNLayers: 1 },
+      tokens: { media: 45, endOfChunk: 44 },
+    });
+    const error = await bare.caption([query]).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(FlamingoError);
+    expect((error as FlamingoError).message).toContain("caption needs the model's tokenizer");
   });
 });

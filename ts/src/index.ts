@@ -121,6 +121,8 @@ export {
 } from "./options.js";
 export { type FromPretrainedOptions, FromPretrainedOptionsSchema } from "./pretrained.js";
 export {
+  type CaptionOptions,
+  CaptionOptionsSchema,
   type CaptionPromptOptions,
   CaptionPromptOptionsSchema,
   captionPrompt,
@@ -136,6 +138,8 @@ export {
   postprocessVqa,
   type Segment,
   SegmentSchema,
+  type VqaOptions,
+  VqaOptionsSchema,
   type VqaPromptOptions,
   VqaPromptOptionsSchema,
   vqaPrompt,

@@ -19,11 +19,13 @@ import {
   stream,
   type TextCodec,
 } from "./generate.js";
+import type { ImageInput } from "./images.js";
 import { type LayerPlan, planLayers } from "./layers.js";
 import type { NativeModel } from "./native.js";
 import { loadNative } from "./native.js";
 import { type LoadOptions, LoadOptionsSchema } from "./options.js";
 import { type FromPretrainedOptions, pretrainedLoadOptions } from "./pretrained.js";
+import { answerQuestion, type CaptionOptions, captionImages, type TaskHost, type VqaOptions } from "./prompts.js";
 import {
   type FloatTensor,
   type FloatTensorInput,
@@ -233,6 +235,36 @@ export class Flamingo implements AsyncDisposable {
    */
   async score(input: ScoreInput, options?: ScoreOptions): Promise<ContinuationScore[]> {
     return score(this.#generation(), input, options);
+  }
+
+  /** What captioning and VQA need: the tokenizer, the image size, generation. */
+  #task(): TaskHost {
+    return {
+      tokenizer: this.tokenizer,
+      imageSize: this.summary().imageSize,
+      generate: (input, options) => this.generate(input, options),
+    };
+  }
+
+  /**
+   * Captions images (one caption each) as the reference's COCO evaluation does: the
+   * `"<image>Output:"` prompt after any `demos`, 3 beams, `lengthPenalty` 0, at most 20 new
+   * tokens, stopping at `<|endofchunk|>`, the text cut before `"Output"` and stripped of `"`.
+   * Every generation option can be overridden. Needs the model's tokenizer
+   * ({@link Flamingo.fromPretrained} attaches it).
+   */
+  async caption(images: readonly ImageInput[], options?: CaptionOptions): Promise<string[]> {
+    return captionImages(this.#task(), images, options);
+  }
+
+  /**
+   * Answers a question about an image as the reference's VQAv2 evaluation does: the
+   * `"<image>Question:{q} Short answer:"` prompt after any `demos`, 3 beams, `lengthPenalty` 0,
+   * at most 5 new tokens, the answer cut before `Question`/`Answer`/`Short` and the first `", "`.
+   * Needs the model's tokenizer.
+   */
+  async vqa(image: ImageInput, question: string, options?: VqaOptions): Promise<string> {
+    return answerQuestion(this.#task(), image, question, options);
   }
 
   /** Sizes and the layer plan. */

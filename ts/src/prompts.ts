@@ -13,8 +13,15 @@ import { z } from "zod";
 
 import { ErrorCode, FlamingoError, fromNative, invalidInput } from "./errors.js";
 import {
+  type GenerateInput,
+  type GenerationOptions,
+  GenerationOptionsSchema,
+  type GenerationResult,
+} from "./generate.js";
+import {
   type ImageInput,
   ImageInputSchema,
+  type ImageOptions,
   ImageOptionsSchema,
   PreprocessedImageSchema,
   preprocessImages,
@@ -295,4 +302,136 @@ export async function encodeInterleaved(
     parsed.map((r) => interleave(r as Segment[])),
     options,
   );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Captioning and VQA on a model (Flamingo.caption, Flamingo.vqa)
+
+// Every generation option but `numReturnSequences`: one answer per image.
+const { numReturnSequences: _one, ...generationShape } = GenerationOptionsSchema.shape;
+
+const taskShape = {
+  ...generationShape,
+  /** Beam search with this many beams; 1 for greedy decoding. Default: 3, as the reference's evaluation. */
+  numBeams: generationShape.numBeams,
+  /** Beam scores are divided by `length ^ lengthPenalty`. Default: 0, as the reference's evaluation. */
+  lengthPenalty: generationShape.lengthPenalty,
+  /** Show the demonstrations as text only (the reference's zero-shot protocol). Default: `false`. */
+  textOnlyDemos,
+  /** How the images are preprocessed. Default: the reference's transform at the model's image size. */
+  image: ImageOptionsSchema.omit({ size: true }).optional(),
+};
+
+const captionShape = {
+  ...taskShape,
+  /** Most new tokens per caption. Default: 20, as the reference's COCO/Flickr evaluation. */
+  maxNewTokens: generationShape.maxNewTokens,
+  /** Few-shot demonstrations shown before each image, in this order. Default: none (zero-shot). */
+  demos: z.array(z.strictObject(captionDemoShape)).optional(),
+};
+/** Options of {@link Flamingo.caption}: the prompt's demonstrations and the generation options. */
+export const CaptionOptionsSchema: Strict<typeof captionShape> = z.strictObject(captionShape);
+export type CaptionOptions = z.input<typeof CaptionOptionsSchema>;
+
+const vqaShape = {
+  ...taskShape,
+  /** Most new tokens per answer. Default: 5, as the reference's VQAv2 evaluation (TextVQA: 10). */
+  maxNewTokens: generationShape.maxNewTokens,
+  /** Few-shot demonstrations shown before the question, in this order. Default: none (zero-shot). */
+  demos: z.array(z.strictObject(vqaDemoShape)).optional(),
+};
+/** Options of {@link Flamingo.vqa}: the prompt's demonstrations and the generation options. */
+export const VqaOptionsSchema: Strict<typeof vqaShape> = z.strictObject(vqaShape);
+export type VqaOptions = z.input<typeof VqaOptionsSchema>;
+
+/** What captioning and VQA need from a model. */
+export interface TaskHost {
+  tokenizer: Tokenizer | undefined;
+  /** The vision tower's input side. */
+  imageSize: number;
+  generate(input: GenerateInput, options: GenerationOptions): Promise<GenerationResult>;
+}
+
+function needTokenizer(host: TaskHost, what: string): Tokenizer {
+  if (host.tokenizer === undefined) {
+    throw new FlamingoError(
+      ErrorCode.InvalidInput,
+      `${what} needs the model's tokenizer: load the model with Flamingo.fromPretrained, or pass tokenizer to Flamingo.load`,
+    );
+  }
+  return host.tokenizer;
+}
+
+/** Generates after each prompt with the reference's decoding defaults and returns the decoded texts. */
+async function generateTexts(
+  host: TaskHost,
+  tokenizer: Tokenizer,
+  prompts: Prompt[],
+  generation: GenerationOptions,
+  image: ImageOptions | undefined,
+): Promise<string[]> {
+  const input = await encodePrompts(tokenizer, prompts, { padding: "left", image: { ...image, size: host.imageSize } });
+  const result = await host.generate(
+    { visionX: input.visionX, langX: input.langX, attentionMask: input.attentionMask },
+    generation,
+  );
+  return result.text ?? [];
+}
+
+/**
+ * Captions each image as the reference's COCO evaluation does: {@link captionPrompt} with the
+ * demos, left-padded batch, 3 beams, `lengthPenalty` 0, at most 20 new tokens, stopping at
+ * `<|endofchunk|>`, new tokens decoded without special tokens, then {@link postprocessCaption}.
+ */
+export async function captionImages(
+  host: TaskHost,
+  images: readonly ImageInput[],
+  options: CaptionOptions = {},
+): Promise<string[]> {
+  const tokenizer = needTokenizer(host, "caption");
+  const list = parse(z.array(ImageInputSchema).min(1, "needs at least one image"), images, "images");
+  const {
+    demos,
+    textOnlyDemos: textOnly,
+    image,
+    ...generation
+  } = parse(CaptionOptionsSchema, options, "caption options");
+  const prompts = list.map((query) => captionPrompt({ demos, query, textOnlyDemos: textOnly }));
+  const texts = await generateTexts(
+    host,
+    tokenizer,
+    prompts,
+    { numBeams: 3, lengthPenalty: 0, maxNewTokens: 20, ...generation },
+    image,
+  );
+  return texts.map(postprocessCaption);
+}
+
+/**
+ * Answers a question about an image as the reference's VQAv2 evaluation does: {@link vqaPrompt}
+ * with the demos, 3 beams, `lengthPenalty` 0, at most 5 new tokens, stopping at
+ * `<|endofchunk|>`, then {@link postprocessVqa}.
+ */
+export async function answerQuestion(
+  host: TaskHost,
+  image: ImageInput,
+  question: string,
+  options: VqaOptions = {},
+): Promise<string> {
+  const tokenizer = needTokenizer(host, "vqa");
+  const query = { image: parse(ImageInputSchema, image, "image"), question: parse(z.string(), question, "question") };
+  const {
+    demos,
+    textOnlyDemos: textOnly,
+    image: imageOptions,
+    ...generation
+  } = parse(VqaOptionsSchema, options, "vqa options");
+  const [text = ""] = await generateTexts(
+    host,
+    tokenizer,
+    [vqaPrompt({ demos, query, textOnlyDemos: textOnly })],
+    { numBeams: 3, lengthPenalty: 0, maxNewTokens: 5, ...generation },
+    imageOptions,
+  );
+  return postprocessVqa(text);
 }
