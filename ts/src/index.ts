@@ -86,6 +86,19 @@ export {
   WEIGHT_FILES,
 } from "./hub/index.js";
 export {
+  ImageErrorCode,
+  type ImageInput,
+  ImageInputSchema,
+  type ImageOptions,
+  ImageOptionsSchema,
+  loadImage,
+  type PreprocessedImage,
+  PreprocessedImageSchema,
+  preprocessImages,
+  type RawImage,
+  RawImageSchema,
+} from "./images.js";
+export {
   crossAttentionLayers,
   inferDecoderLayersPath,
   type LayerPlan,
@@ -106,6 +119,31 @@ export {
   type Tokens,
   TokensSchema,
 } from "./options.js";
+export { type FromPretrainedOptions, FromPretrainedOptionsSchema } from "./pretrained.js";
+export {
+  type CaptionOptions,
+  CaptionOptionsSchema,
+  type CaptionPromptOptions,
+  CaptionPromptOptionsSchema,
+  captionPrompt,
+  type EncodePromptsOptions,
+  EncodePromptsOptionsSchema,
+  encodeInterleaved,
+  encodePrompts,
+  interleave,
+  type ModelInput,
+  type Prompt,
+  PromptSchema,
+  postprocessCaption,
+  postprocessVqa,
+  type Segment,
+  SegmentSchema,
+  type VqaOptions,
+  VqaOptionsSchema,
+  type VqaPromptOptions,
+  VqaPromptOptionsSchema,
+  vqaPrompt,
+} from "./prompts.js";
 export {
   type FloatTensor,
   type FloatTensorInput,
@@ -114,3 +152,16 @@ export {
   type ForwardOutput,
   type IntTensorInput,
 } from "./tensor.js";
+export {
+  type DecodeOptions,
+  DecodeOptionsSchema,
+  type EncodeBatchOptions,
+  EncodeBatchOptionsSchema,
+  type EncodedBatch,
+  type EncodeOptions,
+  EncodeOptionsSchema,
+  type SpecialTokens,
+  TextStream,
+  type TokenIds,
+  Tokenizer,
+} from "./tokenizer.js";

@@ -3,7 +3,7 @@
  * layer plan, and hands plain typed arrays to the native engine; it does no numeric work.
  */
 
-import { fromNative, invalidInput } from "./errors.js";
+import { ErrorCode, FlamingoError, fromNative, invalidInput } from "./errors.js";
 import {
   type ContinuationScore,
   type GenerateInput,
@@ -19,10 +19,13 @@ import {
   stream,
   type TextCodec,
 } from "./generate.js";
+import type { ImageInput, ImageOptions } from "./images.js";
 import { type LayerPlan, planLayers } from "./layers.js";
 import type { NativeModel } from "./native.js";
 import { loadNative } from "./native.js";
 import { type LoadOptions, LoadOptionsSchema } from "./options.js";
+import { type FromPretrainedOptions, pretrainedLoadOptions } from "./pretrained.js";
+import { answerQuestion, type CaptionOptions, captionImages, type TaskHost, type VqaOptions } from "./prompts.js";
 import {
   type FloatTensor,
   type FloatTensorInput,
@@ -33,6 +36,7 @@ import {
   toInt32,
   VisionXSchema,
 } from "./tensor.js";
+import { Tokenizer } from "./tokenizer.js";
 
 /** Sizes and the layer plan of a loaded model. */
 export interface ModelSummary {
@@ -83,13 +87,45 @@ export class Flamingo implements AsyncDisposable {
   readonly #native: NativeModel;
   /** Where the cross-attention blocks are, as decided at load time. */
   readonly plan: LayerPlan;
+  /** The model's tokenizer, when it was loaded with one ({@link Flamingo.fromPretrained}, or `tokenizer` in {@link LoadOptions}). */
+  readonly tokenizer: Tokenizer | undefined;
   /** Id of `<|endofchunk|>`: the default stop token of {@link generate}. */
   readonly #endOfChunk: number;
 
-  private constructor(native: NativeModel, plan: LayerPlan, endOfChunk: number) {
+  /** How this model's images are preprocessed (see {@link Flamingo.imageOptions}). */
+  readonly #imageOptions: ImageOptions;
+
+  private constructor(
+    native: NativeModel,
+    plan: LayerPlan,
+    endOfChunk: number,
+    imageOptions: ImageOptions,
+    tokenizer?: Tokenizer,
+  ) {
     this.#native = native;
     this.plan = plan;
     this.#endOfChunk = endOfChunk;
+    this.#imageOptions = imageOptions;
+    this.tokenizer = tokenizer;
+  }
+
+  /**
+   * Loads a model by name, as the reference's `create_model_and_transforms` assembles it:
+   *
+   * - a release id (`"openflamingo/OpenFlamingo-3B-vitl-mpt1b"`, see {@link RELEASE_IDS}): the
+   *   CLIP tower, the LM with its tokenizer and the checkpoint are downloaded into the hub
+   *   cache (or found there; `offline: true` never touches the network), reporting progress
+   *   through `onProgress`;
+   * - a local folder with a `flamingo.json` manifest (like `models/tiny`), or laid out as a
+   *   release (`vision/`, `lm/`, `checkpoint.pt`).
+   *
+   * The tokenizer is loaded from the LM folder's `tokenizer.json`; the `<image>` and
+   * `<|endofchunk|>` ids and the vocabulary size (`tokenizer.len()`) are taken from it, and
+   * it stays attached as {@link Flamingo.tokenizer}.
+   */
+  static async fromPretrained(idOrDir: string, options?: FromPretrainedOptions): Promise<Flamingo> {
+    const { options: load } = await pretrainedLoadOptions(idOrDir, options);
+    return Flamingo.load(load);
   }
 
   /**
@@ -101,6 +137,9 @@ export class Flamingo implements AsyncDisposable {
     const parsed = LoadOptionsSchema.safeParse(options);
     if (!parsed.success) throw invalidInput("load options", parsed.error);
     const o = parsed.data;
+    const tokenizer = typeof o.tokenizer === "string" ? await Tokenizer.fromFile(o.tokenizer) : o.tokenizer;
+    // The schema guarantees one of the two.
+    const tokens = o.tokens ?? (tokenizer as Tokenizer).modelTokens;
     const plan = await planLayers(o.lm, o.crossAttention, o.decoderLayersPath);
     const binding = loadNative();
     let native: NativeModel;
@@ -109,21 +148,30 @@ export class Flamingo implements AsyncDisposable {
         visionDir: o.vision,
         lmDir: o.lm,
         checkpoint: o.checkpoint,
-        mediaTokenId: o.tokens.media,
-        endOfChunkTokenId: o.tokens.endOfChunk,
+        mediaTokenId: tokens.media,
+        endOfChunkTokenId: tokens.endOfChunk,
         crossAttnLayers: plan.crossAttentionLayers,
         decoderLayersPath: plan.decoderLayersPath,
         perceiver: o.perceiver,
         crossAttn: o.crossAttentionBlock,
         visionPostLayernorm: o.visionPostLayernorm,
-        vocabSize: o.vocabSize,
+        vocabSize: o.vocabSize ?? tokenizer?.len(),
         strict: o.strict,
         initSeed: o.seed,
       });
     } catch (error) {
       throw fromNative(error);
     }
-    return new Flamingo(native, plan, o.tokens.endOfChunk);
+    const imageSize = (native.summary() as ModelSummary).imageSize;
+    const { size = imageSize, ...normalization } = o.preprocess ?? {};
+    if (size !== imageSize) {
+      await native.dispose();
+      throw new FlamingoError(
+        ErrorCode.Config,
+        `preprocess.size is ${size}, but the vision tower in ${o.vision} takes ${imageSize}×${imageSize} images`,
+      );
+    }
+    return new Flamingo(native, plan, tokens.endOfChunk, { ...normalization, size }, tokenizer);
   }
 
   /**
@@ -173,9 +221,8 @@ export class Flamingo implements AsyncDisposable {
 
   /** What generation and scoring need: the native handle, the stop token, the tokenizer if attached. */
   #generation(): GenerationHost {
-    // The tokenizer is attached by `fromPretrained` / `load({ tokenizer })` (seam: any
-    // object with encode/decode will do).
-    const codec = (this as { tokenizer?: TextCodec }).tokenizer;
+    // The tokenizer attached by `fromPretrained` / `load({ tokenizer })`.
+    const codec: TextCodec | undefined = this.tokenizer;
     return { native: this.#native as NativeModel & NativeGeneration, endOfChunk: this.#endOfChunk, codec };
   }
 
@@ -207,6 +254,47 @@ export class Flamingo implements AsyncDisposable {
    */
   async score(input: ScoreInput, options?: ScoreOptions): Promise<ContinuationScore[]> {
     return score(this.#generation(), input, options);
+  }
+
+  /**
+   * How this model's images are preprocessed: its vision tower's input `size`, and the
+   * `mean`/`std` it was trained with when they are not OpenAI CLIP's (from `preprocess` in
+   * {@link LoadOptions}, or a model folder's `flamingo.json`). Pass it to {@link loadImage}
+   * or {@link encodePrompts}; `caption` and `vqa` use it.
+   */
+  imageOptions(): ImageOptions {
+    const { mean, std, ...rest } = this.#imageOptions;
+    return { ...rest, ...(mean && { mean: [...mean] }), ...(std && { std: [...std] }) };
+  }
+
+  /** What captioning and VQA need: the tokenizer, the image preprocessing, generation. */
+  #task(): TaskHost {
+    return {
+      tokenizer: this.tokenizer,
+      imageOptions: this.imageOptions(),
+      generate: (input, options) => this.generate(input, options),
+    };
+  }
+
+  /**
+   * Captions images (one caption each) as the reference's COCO evaluation does: the
+   * `"<image>Output:"` prompt after any `demos`, 3 beams, `lengthPenalty` 0, at most 20 new
+   * tokens, stopping at `<|endofchunk|>`, the text cut before `"Output"` and stripped of `"`.
+   * Every generation option can be overridden. Needs the model's tokenizer
+   * ({@link Flamingo.fromPretrained} attaches it).
+   */
+  async caption(images: readonly ImageInput[], options?: CaptionOptions): Promise<string[]> {
+    return captionImages(this.#task(), images, options);
+  }
+
+  /**
+   * Answers a question about an image as the reference's VQAv2 evaluation does: the
+   * `"<image>Question:{q} Short answer:"` prompt after any `demos`, 3 beams, `lengthPenalty` 0,
+   * at most 5 new tokens, the answer cut before `Question`/`Answer`/`Short` and the first `", "`.
+   * Needs the model's tokenizer.
+   */
+  async vqa(image: ImageInput, question: string, options?: VqaOptions): Promise<string> {
+    return answerQuestion(this.#task(), image, question, options);
   }
 
   /** Sizes and the layer plan. */

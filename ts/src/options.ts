@@ -6,6 +6,9 @@
 
 import { z } from "zod";
 
+import { ImageOptionsSchema } from "./images.js";
+import { Tokenizer } from "./tokenizer.js";
+
 const positiveInt = z.number().int().positive();
 
 // Each schema is declared as `z.ZodObject<typeof shape, …>` so that the emitted .d.ts refers to
@@ -92,8 +95,20 @@ const loadOptionsShape = {
   checkpoint: z.string().min(1).optional(),
   /** Where the gated cross-attention blocks go. Required (the checkpoint was trained with one plan). */
   crossAttention: CrossAttentionPlanSchema,
-  /** Special token ids. Required: they come from the tokenizer the checkpoint was trained with. */
-  tokens: TokensSchema,
+  /**
+   * Special token ids: they come from the tokenizer the checkpoint was trained with.
+   * Required unless `tokenizer` is given; then its ids are the default.
+   */
+  tokens: TokensSchema.optional(),
+  /**
+   * The tokenizer the checkpoint was trained with: a {@link Tokenizer}, or the path of its
+   * `tokenizer.json` (or of the folder holding it). With it, `tokens` default to its
+   * `<image>`/`<|endofchunk|>` ids and `vocabSize` to `tokenizer.len()`, as the reference
+   * derives them, and the model keeps it as `model.tokenizer`. Default: none.
+   */
+  tokenizer: z
+    .union([z.string().min(1), z.custom<Tokenizer>((v) => v instanceof Tokenizer, { error: "expected a Tokenizer" })])
+    .optional(),
   /**
    * Attribute path of the LM's decoder layers (e.g. `model.layers`), which names the
    * checkpoint's keys. Default: inferred from `architectures[0]` in the LM's `config.json`,
@@ -121,7 +136,23 @@ const loadOptionsShape = {
   strict: z.boolean().optional(),
   /** Seed of the fresh initialisation when there is no checkpoint. Default: 0. */
   seed: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional(),
+  /**
+   * How this model's images are preprocessed (`size`, `mean`, `std`), used by `caption`,
+   * `vqa` and {@link Flamingo.imageOptions}. `size` must be the vision tower's input side.
+   * Default: the vision tower's side and OpenAI CLIP's mean/std (the releases).
+   */
+  preprocess: ImageOptionsSchema.pick({ size: true, mean: true, std: true }).optional(),
 };
 /** Options of {@link Flamingo.load}: where the model's files are and how to assemble it. */
-export const LoadOptionsSchema: Strict<typeof loadOptionsShape> = z.strictObject(loadOptionsShape);
+export const LoadOptionsSchema: Strict<typeof loadOptionsShape> = z
+  .strictObject(loadOptionsShape)
+  .superRefine((v, ctx) => {
+    if (v.tokens === undefined && v.tokenizer === undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["tokens"],
+        message: "give the special token ids (tokens), or a tokenizer to take them from",
+      });
+    }
+  });
 export type LoadOptions = z.infer<typeof LoadOptionsSchema>;

@@ -11,7 +11,9 @@
 mod engine;
 mod error;
 mod generate;
+pub mod image;
 mod tensor;
+pub mod text;
 
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
