@@ -68,10 +68,13 @@ export class Flamingo implements AsyncDisposable {
   readonly #native: NativeModel;
   /** Where the cross-attention blocks are, as decided at load time. */
   readonly plan: LayerPlan;
+  /** The validated options the model was loaded with (a `Trainer` loads its own copy from them). */
+  readonly loadOptions: LoadOptions;
 
-  private constructor(native: NativeModel, plan: LayerPlan) {
+  private constructor(native: NativeModel, plan: LayerPlan, loadOptions: LoadOptions) {
     this.#native = native;
     this.plan = plan;
+    this.loadOptions = loadOptions;
   }
 
   /**
@@ -105,7 +108,7 @@ export class Flamingo implements AsyncDisposable {
     } catch (error) {
       throw fromNative(error);
     }
-    return new Flamingo(native, plan);
+    return new Flamingo(native, plan, o);
   }
 
   /**

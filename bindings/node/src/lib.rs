@@ -11,6 +11,7 @@
 mod engine;
 mod error;
 mod tensor;
+mod train;
 
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
