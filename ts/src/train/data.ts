@@ -16,7 +16,10 @@ import { type DataLoaderOptions, DataLoaderOptionsSchema, type DataPosition } fr
  * A collated batch, held by the engine: pass it to `trainer.step`. Its contents can be
  * copied out (`inputIds()`, `attentionMask()`, `labels()`, `visionX()`) to inspect them.
  */
-export type Batch = NativeBatch;
+export type Batch = Omit<NativeBatch, "position"> & {
+  /** The loader's position after this batch (what a training state saves to resume after it). */
+  readonly position: DataPosition;
+};
 
 /** Skipped samples by reason, with the first few messages. */
 export interface SkipStats {
@@ -136,8 +139,8 @@ export class DataLoader implements AsyncIterable<Batch>, AsyncDisposable {
         this.#end ??= (native.endPosition as DataPosition | null) ?? undefined;
         return undefined;
       }
-      this.#last = batch;
-      return batch;
+      this.#last = batch as Batch;
+      return batch as Batch;
     } catch (error) {
       throw fromNative(error);
     }
@@ -166,7 +169,7 @@ export class DataLoader implements AsyncIterable<Batch>, AsyncDisposable {
    * one); once the data has run out, the end position.
    */
   get position(): DataPosition | undefined {
-    return this.#end ?? (this.#last?.position as DataPosition | undefined) ?? this.#options.position;
+    return this.#end ?? this.#last?.position ?? this.#options.position;
   }
 
   /** Samples skipped so far: up to the last batch returned, or all of them once the data has run out. */

@@ -13,7 +13,7 @@ import { Flamingo } from "../model.js";
 import type { NativeLoadOptions } from "../native.js";
 import { type LoadOptions, LoadOptionsSchema } from "../options.js";
 import type { Batch } from "./data.js";
-import type { NativeStepStats, NativeTrainer, NativeTrainerInfo } from "./native.js";
+import type { NativeBatch, NativeStepStats, NativeTrainer, NativeTrainerInfo } from "./native.js";
 import { trainBinding } from "./native.js";
 import {
   type DataPosition,
@@ -310,12 +310,12 @@ export class Trainer implements AsyncDisposable {
     });
     let stats: NativeStepStats;
     try {
-      stats = await this.#native.step(batches, index, weights);
+      stats = await this.#native.step(batches as NativeBatch[], index, weights);
     } catch (error) {
       throw fromNative(error);
     }
     // Both a taken and a skipped step consume their batches: a resume continues after them.
-    for (const b of batches) this.#trained[b.kind] = b.position as DataPosition;
+    for (const b of batches) this.#trained[b.kind] = b.position;
     this.#step = stats.step;
     const parts: PartLoss[] = stats.parts.map((p) => ({
       microBatch: p.microBatch,
