@@ -4,6 +4,21 @@
  */
 
 import { fromNative, invalidInput } from "./errors.js";
+import {
+  type ContinuationScore,
+  type GenerateInput,
+  type GenerationHost,
+  type GenerationOptions,
+  type GenerationResult,
+  type GenerationStream,
+  generate,
+  type NativeGeneration,
+  type ScoreInput,
+  type ScoreOptions,
+  score,
+  stream,
+  type TextCodec,
+} from "./generate.js";
 import { type LayerPlan, planLayers } from "./layers.js";
 import type { NativeModel } from "./native.js";
 import { loadNative } from "./native.js";
@@ -68,12 +83,15 @@ export class Flamingo implements AsyncDisposable {
   readonly #native: NativeModel;
   /** Where the cross-attention blocks are, as decided at load time. */
   readonly plan: LayerPlan;
+  /** Id of `<|endofchunk|>`: the default stop token of {@link generate}. */
+  readonly #endOfChunk: number;
   /** The validated options the model was loaded with (a `Trainer` loads its own copy from them). */
   readonly loadOptions: LoadOptions;
 
   private constructor(native: NativeModel, plan: LayerPlan, loadOptions: LoadOptions) {
     this.#native = native;
     this.plan = plan;
+    this.#endOfChunk = loadOptions.tokens.endOfChunk;
     this.loadOptions = loadOptions;
   }
 
@@ -154,6 +172,44 @@ export class Flamingo implements AsyncDisposable {
     } catch (error) {
       throw fromNative(error);
     }
+  }
+
+  /** What generation and scoring need: the native handle, the stop token, the tokenizer if attached. */
+  #generation(): GenerationHost {
+    // The tokenizer is attached by `fromPretrained` / `load({ tokenizer })` (seam: any
+    // object with encode/decode will do).
+    const codec = (this as { tokenizer?: TextCodec }).tokenizer;
+    return { native: this.#native as NativeModel & NativeGeneration, endOfChunk: this.#endOfChunk, codec };
+  }
+
+  /**
+   * Generates text after each prompt, KV-cached, as the reference's `Flamingo.generate` does
+   * (greedy by default; beam search with `numBeams`, sampling with `doSample`). Prompts are
+   * token ids (`langX`) or, with a tokenizer attached, `text`; a batch is left-padded and each
+   * row stops on its own. The work runs off the JS thread a few tokens per call; `signal`
+   * cancels it within one token (rejecting with an `AbortError`), and the model stays usable.
+   */
+  async generate(input: GenerateInput, options?: GenerationOptions): Promise<GenerationResult> {
+    return generate(this.#generation(), input, options);
+  }
+
+  /**
+   * {@link generate}, yielding each token as it is made (`for await (const t of model.stream(…))`);
+   * `result` has the whole result once the loop ends. Beam search yields its tokens at the
+   * end, when they are final. Leaving the loop early cancels the generation.
+   */
+  stream(input: GenerateInput, options?: GenerationOptions): GenerationStream {
+    return stream(this.#generation(), input, options);
+  }
+
+  /**
+   * Log-likelihood of each continuation after one shared context (with its images): the
+   * context runs once and its KV cache is reused for every continuation, as the reference's
+   * cached rank classification does. Continuations attend to the context's last image; the
+   * context's padding stays masked. Rank classes by `mean` (the reference) or `sum`.
+   */
+  async score(input: ScoreInput, options?: ScoreOptions): Promise<ContinuationScore[]> {
+    return score(this.#generation(), input, options);
   }
 
   /** Sizes and the layer plan. */

@@ -14,6 +14,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 
 use candle_core::Device;
 use flamingo_core::flamingo::model::{Flamingo, ForwardInput, LoadSpec};
@@ -21,6 +22,9 @@ use napi::bindgen_prelude::ToNapiValue;
 use napi::{Env, JsDeferred};
 
 use crate::error::{BindingError, BindingResult, ERR_ENGINE_PANIC};
+use crate::generate::{
+    GenerateResult, GenerateStarted, GenerateStep, ScoreJob, ScoreOutput, Sessions, StartJob,
+};
 use crate::tensor::{to_js, FloatTensor, HostTensor};
 
 type Resolver<T> = Box<dyn FnOnce(Env) -> napi::Result<T>>;
@@ -65,6 +69,15 @@ pub enum Job {
     Forward(ForwardJob, Deferred<crate::ForwardOutput>),
     VisionTokens(HostTensor<f32>, Deferred<FloatTensor>),
     EncodeVision(HostTensor<f32>, Deferred<FloatTensor>),
+    /// Start a generation session (vision encoding and prompt) under the job's id.
+    GenerateStart(StartJob, Deferred<GenerateStarted>),
+    /// Decode up to `.1` tokens of session `.0`.
+    GenerateStep(u32, u32, Deferred<GenerateStep>),
+    /// Return session `.0`'s sequences and free it.
+    GenerateFinish(u32, Deferred<GenerateResult>),
+    /// Free session `.0` (if it still exists); nothing to settle.
+    GenerateDrop(u32),
+    Score(ScoreJob, Deferred<ScoreOutput>),
     /// Free the model (after every job queued before this one) and stop the thread.
     Dispose(Deferred<()>),
 }
@@ -76,6 +89,11 @@ impl Job {
             Job::Forward(_, d) => settle(d, Err(error)),
             Job::VisionTokens(_, d) | Job::EncodeVision(_, d) => settle(d, Err(error)),
             Job::Dispose(d) => settle(d, Err(error)),
+            Job::GenerateStart(_, d) => settle(d, Err(error)),
+            Job::GenerateStep(_, _, d) => settle(d, Err(error)),
+            Job::GenerateFinish(_, d) => settle(d, Err(error)),
+            Job::GenerateDrop(_) => {}
+            Job::Score(_, d) => settle(d, Err(error)),
         }
     }
 }
@@ -131,7 +149,8 @@ where
             };
             let loaded = guarded("load", || {
                 let device = engine_device()?;
-                let model = Flamingo::load(&spec, &device)?;
+                // Shared with the generation sessions, which live on this thread too.
+                let model = Arc::new(Flamingo::load(&spec, &device)?);
                 let summary = to_json("model summary", &model.summary())?;
                 let report = to_json("load report", model.report())?;
                 Ok((model, device, summary, report))
@@ -163,7 +182,8 @@ where
 }
 
 /// The engine loop: runs jobs until `Dispose` arrives or every handle is gone.
-fn serve(model: Flamingo, device: Device, queue: Receiver<Job>) {
+fn serve(model: Arc<Flamingo>, device: Device, queue: Receiver<Job>) {
+    let mut sessions = Sessions::default();
     for job in queue {
         match job {
             Job::Forward(input, d) => {
@@ -181,7 +201,25 @@ fn serve(model: Flamingo, device: Device, queue: Receiver<Job>) {
                     to_js(&model.encode_vision(&x.to_tensor(&device)?)?)
                 }),
             ),
+            Job::GenerateStart(job, d) => settle(
+                d,
+                guarded("generate", || sessions.start(&model, &device, job)),
+            ),
+            Job::GenerateStep(id, steps, d) => settle(
+                d,
+                guarded("generate", || sessions.step(id, steps)).inspect_err(|_| {
+                    // A panic leaves the session half-updated: do not step it again.
+                    sessions.remove(id)
+                }),
+            ),
+            Job::GenerateFinish(id, d) => settle(d, guarded("generate", || sessions.finish(id))),
+            Job::GenerateDrop(id) => sessions.remove(id),
+            Job::Score(job, d) => settle(
+                d,
+                guarded("score", || crate::generate::score(&model, &device, job)),
+            ),
             Job::Dispose(d) => {
+                sessions.clear();
                 drop(model);
                 settle(d, Ok(()));
                 return;

@@ -10,6 +10,7 @@
 
 mod engine;
 mod error;
+mod generate;
 mod tensor;
 mod train;
 
@@ -130,6 +131,8 @@ pub struct FlamingoModel {
     jobs: Mutex<Option<Sender<Job>>>,
     summary: serde_json::Value,
     report: serde_json::Value,
+    /// Abort flags of the running generations and scoring calls (`generate.rs`).
+    operations: Mutex<generate::AbortFlags>,
 }
 
 #[napi]
@@ -147,6 +150,7 @@ impl FlamingoModel {
                 jobs: Mutex::new(Some(loaded.jobs)),
                 summary: loaded.summary,
                 report: loaded.report,
+                operations: Mutex::default(),
             }),
         }
         Ok(promise)
