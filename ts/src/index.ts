@@ -139,4 +139,11 @@ export {
   type TrainProgress,
 } from "./train/options.js";
 export { formatDuration, renderTrainProgress } from "./train/progress.js";
-export { type PartLoss, type StepResult, type TrainableModel, Trainer } from "./train/trainer.js";
+export {
+  type FrozenFingerprint,
+  type Gradients,
+  type PartLoss,
+  type StepResult,
+  type TrainableModel,
+  Trainer,
+} from "./train/trainer.js";

@@ -17,19 +17,20 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 use flamingo_core::data::{self as core_data, DataConfig, DataKind, DataPosition};
-use flamingo_core::flamingo::model::Flamingo;
+use flamingo_core::flamingo::model::{Flamingo, ForwardInput as CoreForwardInput};
+use flamingo_core::lm::AttentionContext;
 use flamingo_core::text::FlamingoTokenizer;
 use flamingo_core::train::{MicroBatch, TrainConfig, Trainer as CoreTrainer, WeightedInput};
 use napi::bindgen_prelude::{ClassInstance, Float32Array, Int32Array, PromiseRaw};
 use napi::Env;
 use napi_derive::napi;
 
-use crate::engine::{engine_device, guarded, settle, to_json, Deferred};
+use crate::engine::{engine_device, guarded, settle, to_json, Deferred, ForwardJob};
 use crate::error::{BindingError, BindingResult, ERR_ENGINE_PANIC};
-use crate::tensor::{FloatTensor, IntTensor};
-use crate::{promise, LoadOptions};
+use crate::tensor::{to_js, FloatTensor, HostTensor, IntTensor};
+use crate::{promise, ForwardInput, LoadOptions};
 
 fn invalid(message: impl Into<String>) -> BindingError {
     BindingError::invalid_input(message)
@@ -505,8 +506,30 @@ struct StepPart {
     loss_multiplier: f64,
 }
 
+/// A tensor copied out of the engine, with its name.
+#[napi(object)]
+pub struct NamedTensor {
+    pub name: String,
+    pub tensor: FloatTensor,
+}
+
+/// `Trainer.gradients` result: one backward of the loss, nothing updated.
+#[napi(object)]
+pub struct GradientsOutput {
+    pub loss: f64,
+    /// Raw gradients (before row masking and clipping) of every trainable tensor.
+    pub gradients: Vec<NamedTensor>,
+    /// The name the trainable embedding rows go by in `gradients`.
+    pub embedding_rows_name: String,
+    /// The token id of each row of that gradient; `null` when the embeddings are frozen.
+    pub embedding_row_ids: Option<Vec<u32>>,
+}
+
 enum TrainJob {
     Step(Vec<StepPart>, Deferred<serde_json::Value>),
+    Gradients(ForwardJob, Deferred<GradientsOutput>),
+    Parameters(Deferred<Vec<NamedTensor>>),
+    FrozenFingerprint(Deferred<serde_json::Value>),
     Save(PathBuf, serde_json::Value, Deferred<serde_json::Value>),
     Export(PathBuf, Deferred<()>),
     Dispose(Deferred<()>),
@@ -515,6 +538,9 @@ enum TrainJob {
 fn reject_train_job(job: TrainJob, error: BindingError) {
     match job {
         TrainJob::Step(_, d) => settle(d, Err(error)),
+        TrainJob::Gradients(_, d) => settle(d, Err(error)),
+        TrainJob::Parameters(d) => settle(d, Err(error)),
+        TrainJob::FrozenFingerprint(d) => settle(d, Err(error)),
         TrainJob::Save(_, _, d) => settle(d, Err(error)),
         TrainJob::Export(_, d) => settle(d, Err(error)),
         TrainJob::Dispose(d) => settle(d, Err(error)),
@@ -591,11 +617,112 @@ fn run_step(state: &mut TrainerState, parts: Vec<StepPart>) -> BindingResult<ser
     to_json("step statistics", &stats)
 }
 
+fn run_gradients(state: &TrainerState, job: ForwardJob) -> BindingResult<GradientsOutput> {
+    let device = &state.device;
+    let input = CoreForwardInput {
+        vision_x: job.vision_x.to_tensor(device)?,
+        lang_x: job.lang_x.to_u32(device)?,
+        attention_mask: job.attention_mask.map(|m| m.to_u32(device)).transpose()?,
+        labels: job.labels.map(|l| l.to_i64(device)).transpose()?,
+        allow_excess_media_tokens: job.allow_excess_media_tokens,
+    };
+    let grads = state.trainer.gradients(&input)?;
+    Ok(GradientsOutput {
+        loss: f64::from(grads.loss),
+        gradients: named_tensors(&grads.by_name)?,
+        embedding_rows_name: state.trainer.embedding_rows_name(),
+        embedding_row_ids: grads.embedding_row_ids,
+    })
+}
+
+fn named_tensors(
+    tensors: &std::collections::BTreeMap<String, Tensor>,
+) -> BindingResult<Vec<NamedTensor>> {
+    tensors
+        .iter()
+        .map(|(name, t)| {
+            Ok(NamedTensor {
+                name: name.clone(),
+                tensor: to_js(t)?,
+            })
+        })
+        .collect()
+}
+
+/// FNV-1a (64 bit) over a tensor's shape and the bits of its values as f32.
+fn bits_digest(t: &Tensor) -> BindingResult<String> {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for &d in t.dims() {
+        eat(&(d as u64).to_le_bytes());
+    }
+    for v in t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()? {
+        eat(&v.to_bits().to_le_bytes());
+    }
+    Ok(format!("{hash:016x}"))
+}
+
+/// Digests of what training must leave alone: the vision tower's tokens for a fixed image,
+/// the LM alone (every decoder layer and the head, no cross-attention) on fixed ids that
+/// avoid the trainable rows, and the frozen input-embedding table.
+fn frozen_fingerprint(state: &TrainerState) -> BindingResult<serde_json::Value> {
+    let model = state.trainer.model();
+    let device = &state.device;
+    let size = model.summary().image_size;
+    let pixels: Vec<f32> = (0..3 * size * size)
+        .map(|i| (i as f32 * 0.37).sin())
+        .collect();
+    let image = Tensor::from_vec(pixels, (1, 1, 1, 3, size, size), device)?;
+    let vision = model.vision_tokens(&image)?;
+
+    let lm = model.lm();
+    let trainable = [model.media_token_id(), model.end_of_chunk_token_id()];
+    let vocab = lm.info().vocab_size as u32;
+    let stride = (vocab / 16).max(1) as usize;
+    let ids: Vec<u32> = (0..vocab)
+        .filter(|i| !trainable.contains(i))
+        .step_by(stride)
+        .take(16)
+        .collect();
+    let len = ids.len();
+    let ids = Tensor::from_vec(ids, (1, len), device)?;
+    let ctx = AttentionContext::new(&[vec![1; len]], 0, DType::F32, device)?;
+    let mut hidden = lm.embed(&ids, &ctx)?;
+    for i in 0..lm.info().num_layers {
+        hidden = lm.layer(i, &hidden, &ctx, None)?;
+    }
+    let logits = lm.head(&hidden)?;
+    Ok(serde_json::json!({
+        "visionTower": bits_digest(&vision)?,
+        "languageModel": bits_digest(&logits)?,
+        "embeddingTable": bits_digest(lm.input_embeddings())?,
+    }))
+}
+
 fn serve_trainer(mut state: TrainerState) {
     while let Ok(job) = state.queue.recv() {
         match job {
             TrainJob::Step(parts, d) => {
                 let r = guarded("Trainer.step", || run_step(&mut state, parts));
+                settle(d, r);
+            }
+            TrainJob::Gradients(job, d) => {
+                let r = guarded("Trainer.gradients", || run_gradients(&state, job));
+                settle(d, r);
+            }
+            TrainJob::Parameters(d) => {
+                let r = guarded("Trainer.parameters", || {
+                    named_tensors(&state.trainer.parameters())
+                });
+                settle(d, r);
+            }
+            TrainJob::FrozenFingerprint(d) => {
+                let r = guarded("Trainer.frozenFingerprint", || frozen_fingerprint(&state));
                 settle(d, r);
             }
             TrainJob::Save(dir, position, d) => {
@@ -716,6 +843,77 @@ impl Trainer {
         submit(
             &self.jobs,
             TrainJob::Step(parts, deferred),
+            reject_train_job,
+            trainer_disposed,
+        );
+        Ok(promise)
+    }
+
+    /// Loss and raw gradients of one forward on `input` (labels required), with the current
+    /// weights; nothing is updated and no optimizer state changes.
+    #[napi]
+    pub fn gradients<'env>(
+        &self,
+        env: &'env Env,
+        input: ForwardInput,
+    ) -> napi::Result<PromiseRaw<'env, GradientsOutput>> {
+        let (deferred, promise) = promise::<GradientsOutput>(env)?;
+        let job = (|| -> BindingResult<ForwardJob> {
+            Ok(ForwardJob {
+                vision_x: HostTensor::<f32>::from_js("visionX", &input.vision_x)?,
+                lang_x: HostTensor::<i32>::from_js("langX", &input.lang_x)?,
+                attention_mask: input
+                    .attention_mask
+                    .as_ref()
+                    .map(|m| HostTensor::<i32>::from_js("attentionMask", m))
+                    .transpose()?,
+                labels: input
+                    .labels
+                    .as_ref()
+                    .map(|l| HostTensor::<i32>::from_js("labels", l))
+                    .transpose()?,
+                allow_excess_media_tokens: input.allow_excess_media_tokens.unwrap_or(false),
+            })
+        })();
+        match job {
+            Err(e) => settle(deferred, Err(e)),
+            Ok(job) => submit(
+                &self.jobs,
+                TrainJob::Gradients(job, deferred),
+                reject_train_job,
+                trainer_disposed,
+            ),
+        }
+        Ok(promise)
+    }
+
+    /// The trainable tensors' current values (copies), by name.
+    #[napi]
+    pub fn parameters<'env>(
+        &self,
+        env: &'env Env,
+    ) -> napi::Result<PromiseRaw<'env, Vec<NamedTensor>>> {
+        let (deferred, promise) = promise::<Vec<NamedTensor>>(env)?;
+        submit(
+            &self.jobs,
+            TrainJob::Parameters(deferred),
+            reject_train_job,
+            trainer_disposed,
+        );
+        Ok(promise)
+    }
+
+    /// Digests of the frozen parts (`visionTower`, `languageModel`, `embeddingTable`): equal
+    /// digests before and after training mean the backbones were left bit for bit.
+    #[napi]
+    pub fn frozen_fingerprint<'env>(
+        &self,
+        env: &'env Env,
+    ) -> napi::Result<PromiseRaw<'env, serde_json::Value>> {
+        let (deferred, promise) = promise::<serde_json::Value>(env)?;
+        submit(
+            &self.jobs,
+            TrainJob::FrozenFingerprint(deferred),
             reject_train_job,
             trainer_disposed,
         );

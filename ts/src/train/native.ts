@@ -3,7 +3,7 @@
  * through the package's one native loader.
  */
 
-import type { NativeLoadOptions, NativeTensor } from "../native.js";
+import type { NativeForwardInput, NativeLoadOptions, NativeTensor } from "../native.js";
 import { loadNative } from "../native.js";
 
 /** A collated batch held by the engine (`Batch` in train.rs). */
@@ -64,8 +64,23 @@ export interface NativeStepStats {
   seconds: number;
 }
 
+export interface NativeNamedTensor {
+  name: string;
+  tensor: NativeTensor<Float32Array>;
+}
+
+export interface NativeGradients {
+  loss: number;
+  gradients: NativeNamedTensor[];
+  embeddingRowsName: string;
+  embeddingRowIds: number[] | null;
+}
+
 export interface NativeTrainer {
   readonly info: NativeTrainerInfo;
+  gradients(input: NativeForwardInput): Promise<NativeGradients>;
+  parameters(): Promise<NativeNamedTensor[]>;
+  frozenFingerprint(): Promise<{ visionTower: string; languageModel: string; embeddingTable: string }>;
   step(batches: NativeBatch[], microBatch: number[], lossMultipliers: number[]): Promise<NativeStepStats>;
   save(dir: string, dataPosition: unknown): Promise<{ step: number; skippedSteps: number }>;
   export(path: string): Promise<void>;

@@ -12,8 +12,9 @@ import { type LayerPlan, planLayers } from "../layers.js";
 import { Flamingo } from "../model.js";
 import type { NativeLoadOptions } from "../native.js";
 import { type LoadOptions, LoadOptionsSchema } from "../options.js";
+import { type FloatTensor, type ForwardInput, ForwardInputSchema, toFloat32, toInt32 } from "../tensor.js";
 import type { Batch } from "./data.js";
-import type { NativeBatch, NativeStepStats, NativeTrainer, NativeTrainerInfo } from "./native.js";
+import type { NativeBatch, NativeNamedTensor, NativeStepStats, NativeTrainer, NativeTrainerInfo } from "./native.js";
 import { trainBinding } from "./native.js";
 import {
   type DataPosition,
@@ -58,6 +59,41 @@ export interface StepResult {
   seconds: number;
   /** Micro-batches waiting for the next optimizer step. */
   pendingMicroBatches: number;
+}
+
+/** Raw gradients of one loss: what {@link Trainer.gradients} returns. */
+export interface Gradients {
+  /** The loss the gradients are of (mean shifted cross-entropy). */
+  loss: number;
+  /**
+   * Every trainable tensor's gradient, by OpenFlamingo checkpoint name (`perceiver.*`,
+   * `lang_encoder.<layers>.<i>.gated_cross_attn_layer.*`), before row masking and clipping.
+   */
+  byName: Map<string, FloatTensor>;
+  /**
+   * Where the trainable embedding rows' gradient is (`[rows, width]`, the raw rows of the
+   * input-embedding gradient; with tied embeddings it includes the output head's share),
+   * and the token id of each row. Absent when `freezeLmEmbeddings`.
+   */
+  embeddingRows?: { name: string; tokenIds: number[] };
+}
+
+/** Digests of the frozen backbones (see {@link Trainer.frozenFingerprint}). */
+export interface FrozenFingerprint {
+  /** The vision tower's patch tokens for a fixed image. */
+  visionTower: string;
+  /** The LM alone (every decoder layer and the head, no cross-attention) on fixed token ids. */
+  languageModel: string;
+  /** The frozen input-embedding table. */
+  embeddingTable: string;
+}
+
+function isBatch(input: ForwardInput | Batch): input is Batch {
+  return typeof (input as Batch).inputIds === "function";
+}
+
+function byName(tensors: NativeNamedTensor[]): Map<string, FloatTensor> {
+  return new Map(tensors.map((t) => [t.name, t.tensor]));
 }
 
 /** What the training state stores beside the engine's state, to resume a run exactly. */
@@ -342,6 +378,70 @@ export class Trainer implements AsyncDisposable {
       seconds: stats.seconds,
       pendingMicroBatches: 0,
     };
+  }
+
+  /**
+   * The loss on `input` (labels required) and the raw gradient of every trainable tensor,
+   * with the current weights: one forward and backward, nothing updated. For checking
+   * gradients against another implementation, or inspecting which parts learn.
+   */
+  async gradients(input: ForwardInput | Batch): Promise<Gradients> {
+    let native: Parameters<NativeTrainer["gradients"]>[0];
+    if (isBatch(input)) {
+      native = {
+        visionX: input.visionX(),
+        langX: input.inputIds(),
+        attentionMask: input.attentionMask(),
+        labels: input.labels(),
+      };
+    } else {
+      const parsed = ForwardInputSchema.safeParse(input);
+      if (!parsed.success) throw invalidInput("gradient input", parsed.error);
+      const i = parsed.data;
+      if (!i.labels) {
+        throw new FlamingoError(ErrorCode.InvalidInput, "gradients need labels (targets, -100 where ignored)");
+      }
+      native = {
+        visionX: toFloat32(i.visionX),
+        langX: toInt32(i.langX),
+        attentionMask: i.attentionMask && toInt32(i.attentionMask),
+        labels: toInt32(i.labels),
+        allowExcessMediaTokens: i.allowExcessMediaTokens,
+      };
+    }
+    try {
+      const out = await this.#native.gradients(native);
+      const ids = out.embeddingRowIds;
+      return {
+        loss: out.loss,
+        byName: byName(out.gradients),
+        ...(ids ? { embeddingRows: { name: out.embeddingRowsName, tokenIds: ids } } : {}),
+      };
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+
+  /** The trainable tensors' current values (copies), by the names {@link gradients} uses. */
+  async parameters(): Promise<Map<string, FloatTensor>> {
+    try {
+      return byName(await this.#native.parameters());
+    } catch (error) {
+      throw fromNative(error);
+    }
+  }
+
+  /**
+   * Digests of what training must leave alone — the vision tower, the LM's layers and head,
+   * and the frozen embedding table: equal digests before and after steps mean the backbones
+   * did not change by a bit. Costs a small forward and a pass over the embedding table.
+   */
+  async frozenFingerprint(): Promise<FrozenFingerprint> {
+    try {
+      return await this.#native.frozenFingerprint();
+    } catch (error) {
+      throw fromNative(error);
+    }
   }
 
   /**
