@@ -3,9 +3,33 @@
  * models' ids, PNGs generated here, and JSONL manifests and tar shards over them.
  */
 
-import { mkdirSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { deflateSync } from "node:zlib";
+
+import { REPO_ROOT } from "./helpers/golden.js";
+
+function newestSource(dir: string): number {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    newest = Math.max(newest, entry.isDirectory() ? newestSource(path) : statSync(path).mtimeMs);
+  }
+  return newest;
+}
+
+/**
+ * The `train` command as a child process runs it (`dist/train-cli.js`), built when missing
+ * or older than the sources. Returns its path.
+ */
+export function buildTrainCli(): string {
+  const cli = join(REPO_ROOT, "dist", "train-cli.js");
+  if (!existsSync(cli) || statSync(cli).mtimeMs < newestSource(join(REPO_ROOT, "ts", "src"))) {
+    execFileSync("npm", ["run", "--silent", "build:train-cli"], { cwd: REPO_ROOT, stdio: "pipe" });
+  }
+  return cli;
+}
 
 export const WORDS = [
   "a",

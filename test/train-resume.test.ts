@@ -3,33 +3,21 @@
  * `node` process running the `train` command — losses and trained weights bit for bit.
  */
 
-import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, expect, it } from "vitest";
 
 import { type TrainConfig, train } from "../ts/src/index.js";
-import { goldenLoadOptions, REPO_ROOT, tempDir } from "./helpers/golden.js";
+import { goldenLoadOptions, tempDir } from "./helpers/golden.js";
 import { readSafetensors } from "./helpers/safetensors.js";
-import { writePairsManifest, writeTokenizer } from "./train-helpers.js";
+import { buildTrainCli, writePairsManifest, writeTokenizer } from "./train-helpers.js";
 
-const CLI = join(REPO_ROOT, "dist", "train-cli.js");
 const scratch = tempDir("train-resume");
-
-function newestSource(dir: string): number {
-  let newest = 0;
-  for (const entry of readdirSync(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    newest = Math.max(newest, entry.isDirectory() ? newestSource(path) : statSync(path).mtimeMs);
-  }
-  return newest;
-}
+let CLI: string;
 
 beforeAll(() => {
-  // The child process runs the built command: build it when missing or older than the sources.
-  if (!existsSync(CLI) || statSync(CLI).mtimeMs < newestSource(join(REPO_ROOT, "ts", "src"))) {
-    execFileSync("npm", ["run", "--silent", "build:train-cli"], { cwd: REPO_ROOT, stdio: "pipe" });
-  }
+  CLI = buildTrainCli();
 }, 120_000);
 afterAll(() => scratch.cleanup());
 
