@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from "vitest";
 
 import { dataLoader, type FloatTensor, type ForwardInput, Trainer } from "../ts/src/index.js";
 import { FAMILIES, type Family, familyDir, goldenLoadOptions, readMeta, tempDir } from "./helpers/golden.js";
-import { readSafetensors, type SafeTensor } from "./helpers/safetensors.js";
+import { readSafetensors, type SafeTensor, writeSafetensors } from "./helpers/safetensors.js";
 import { writePairsManifest, writeTokenizer } from "./train-helpers.js";
 
 function goldenFile(family: Family): Map<string, SafeTensor> {
@@ -154,6 +154,27 @@ describe("gradients through the TypeScript API", () => {
 describe("frozen backbones", () => {
   const scratch = tempDir("train-frozen");
   afterAll(() => scratch.cleanup());
+
+  it("the fingerprint tells a one-value change of a frozen embedding apart", async () => {
+    // The export holds the full input-embedding table; a checkpoint's table overrides the LM's.
+    const exported = join(scratch.path, "opt.safetensors");
+    let original: Awaited<ReturnType<Trainer["frozenFingerprint"]>>;
+    {
+      await using trainer = await Trainer.create(goldenLoadOptions("opt"));
+      original = await trainer.frozenFingerprint();
+      await trainer.export(exported);
+    }
+    const tensors = readSafetensors(exported);
+    const table = tensors.get("lang_encoder.model.decoder.embed_tokens.weight");
+    if (table?.dtype !== "F32") throw new Error("the export lacks the embedding table");
+    table.data[0] = (table.data[0] as number) + 1e-3; // row 0: a frozen token's
+    writeSafetensors(exported, tensors);
+    await using changed = await Trainer.create(goldenLoadOptions("opt", { checkpoint: exported }));
+    const after = await changed.frozenFingerprint();
+    expect(after.visionTower).toBe(original.visionTower);
+    expect(after.embeddingTable).not.toBe(original.embeddingTable);
+    expect(after.languageModel).not.toBe(original.languageModel);
+  });
 
   it.each(["llama", "mpt"] as const)(
     "%s: vision tower, LM and embedding table are bit-identical after 3 optimizer steps, every trainable tensor moved",

@@ -117,18 +117,22 @@ describe("train(config)", () => {
 });
 
 describe("bad input", () => {
-  it("a missing image and an empty caption are skipped and counted", async () => {
+  it("a missing or unreadable image, an empty caption and a broken line are skipped and counted", async () => {
     const dir = join(scratch.path, "skips");
     const path = writePairsManifest(dir, 8, [
       JSON.stringify({ image: "images/missing.png", caption: "a red square ." }),
       JSON.stringify({ image: "images/0.png", caption: "  " }),
+      JSON.stringify({ image: "images/broken.png", caption: "a red square ." }),
+      "{ not json",
     ]);
+    writeFileSync(join(dir, "images", "broken.png"), Buffer.from("this is not a picture"));
     await using loader = dataLoader({ kind: "pairs", manifest: path, tokenizer, imageSize: 32, batchSize: 4, seed: 3 });
     let rows = 0;
     for await (const batch of loader) rows += batch.size;
     expect(rows).toBe(8);
-    expect(loader.skipped.counts).toEqual({ missingImage: 1, emptyText: 1 });
+    expect(loader.skipped.counts).toEqual({ missingImage: 1, emptyText: 1, unreadableImage: 1, invalidRecord: 1 });
     expect(loader.skipped.examples.some((e) => e.startsWith("pairs.jsonl:9: missingImage:"))).toBe(true);
+    expect(loader.skipped.examples.some((e) => e.startsWith("pairs.jsonl:11: unreadableImage:"))).toBe(true);
   });
 
   it("a document with more images than allowed is skipped and counted", async () => {
