@@ -527,7 +527,7 @@ pub struct GradientsOutput {
 
 enum TrainJob {
     Step(Vec<StepPart>, Deferred<serde_json::Value>),
-    Gradients(ForwardJob, Deferred<GradientsOutput>),
+    Gradients(Box<ForwardJob>, Deferred<GradientsOutput>),
     Parameters(Deferred<Vec<NamedTensor>>),
     FrozenFingerprint(Deferred<serde_json::Value>),
     Save(PathBuf, serde_json::Value, Deferred<serde_json::Value>),
@@ -617,7 +617,7 @@ fn run_step(state: &mut TrainerState, parts: Vec<StepPart>) -> BindingResult<ser
     to_json("step statistics", &stats)
 }
 
-fn run_gradients(state: &TrainerState, job: ForwardJob) -> BindingResult<GradientsOutput> {
+fn run_gradients(state: &TrainerState, job: Box<ForwardJob>) -> BindingResult<GradientsOutput> {
     let device = &state.device;
     let input = CoreForwardInput {
         vision_x: job.vision_x.to_tensor(device)?,
@@ -858,8 +858,8 @@ impl Trainer {
         input: ForwardInput,
     ) -> napi::Result<PromiseRaw<'env, GradientsOutput>> {
         let (deferred, promise) = promise::<GradientsOutput>(env)?;
-        let job = (|| -> BindingResult<ForwardJob> {
-            Ok(ForwardJob {
+        let job = (|| -> BindingResult<Box<ForwardJob>> {
+            Ok(Box::new(ForwardJob {
                 vision_x: HostTensor::<f32>::from_js("visionX", &input.vision_x)?,
                 lang_x: HostTensor::<i32>::from_js("langX", &input.lang_x)?,
                 attention_mask: input
@@ -873,7 +873,7 @@ impl Trainer {
                     .map(|l| HostTensor::<i32>::from_js("labels", l))
                     .transpose()?,
                 allow_excess_media_tokens: input.allow_excess_media_tokens.unwrap_or(false),
-            })
+            }))
         })();
         match job {
             Err(e) => settle(deferred, Err(e)),
