@@ -89,7 +89,9 @@ it("a process killed during a save leaves the last complete checkpoint, which re
   await using resumed = await Trainer.resume(goldenLoadOptions("opt"), dir);
   const step = resumed.stepCount;
   expect(step).toBeGreaterThanOrEqual(1);
-  console.log(`killed during a save after ${attempts} run(s); left behind ${leftovers.join(", ")}; resumed at step ${step}`);
+  console.log(
+    `killed during a save after ${attempts} run(s); left behind ${leftovers.join(", ")}; resumed at step ${step}`,
+  );
   const weights = await resumed.parameters();
 
   // The same run, uninterrupted, for as many steps as the surviving state holds.
