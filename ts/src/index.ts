@@ -165,3 +165,36 @@ export {
   type TokenIds,
   Tokenizer,
 } from "./tokenizer.js";
+export { runTrainCommand, TRAIN_USAGE } from "./train/cli.js";
+export { type Batch, DataLoader, dataLoader, type SkipStats } from "./train/data.js";
+export { type TrainResult, train } from "./train/loop.js";
+export {
+  type DataLoaderOptions,
+  DataLoaderOptionsSchema,
+  type DataPosition,
+  DataPositionSchema,
+  type DataSourceOptions,
+  DataSourceOptionsSchema,
+  type LossMultipliers,
+  LossMultipliersSchema,
+  type ScheduleOptions,
+  ScheduleOptionsSchema,
+  type TrainConfig,
+  TrainConfigSchema,
+  type TrainData,
+  TrainDataSchema,
+  type TrainerOptions,
+  TrainerOptionsSchema,
+  type TrainOutput,
+  TrainOutputSchema,
+  type TrainProgress,
+} from "./train/options.js";
+export { formatDuration, renderTrainProgress } from "./train/progress.js";
+export {
+  type FrozenFingerprint,
+  type Gradients,
+  type PartLoss,
+  type StepResult,
+  type TrainableModel,
+  Trainer,
+} from "./train/trainer.js";

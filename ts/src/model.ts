@@ -91,6 +91,8 @@ export class Flamingo implements AsyncDisposable {
   readonly tokenizer: Tokenizer | undefined;
   /** Id of `<|endofchunk|>`: the default stop token of {@link generate}. */
   readonly #endOfChunk: number;
+  /** The validated options the model was loaded with (a `Trainer` loads its own copy from them). */
+  readonly loadOptions: LoadOptions;
 
   /** How this model's images are preprocessed (see {@link Flamingo.imageOptions}). */
   readonly #imageOptions: ImageOptions;
@@ -98,13 +100,14 @@ export class Flamingo implements AsyncDisposable {
   private constructor(
     native: NativeModel,
     plan: LayerPlan,
-    endOfChunk: number,
+    loadOptions: LoadOptions & { tokens: { media: number; endOfChunk: number } },
     imageOptions: ImageOptions,
     tokenizer?: Tokenizer,
   ) {
     this.#native = native;
     this.plan = plan;
-    this.#endOfChunk = endOfChunk;
+    this.#endOfChunk = loadOptions.tokens.endOfChunk;
+    this.loadOptions = loadOptions;
     this.#imageOptions = imageOptions;
     this.tokenizer = tokenizer;
   }
@@ -171,7 +174,10 @@ export class Flamingo implements AsyncDisposable {
         `preprocess.size is ${size}, but the vision tower in ${o.vision} takes ${imageSize}×${imageSize} images`,
       );
     }
-    return new Flamingo(native, plan, tokens.endOfChunk, { ...normalization, size }, tokenizer);
+    // The resolved ids and vocabulary size travel with the options, so that a `Trainer` taking
+    // this model over loads the same model.
+    const resolved = { ...o, tokens, vocabSize: o.vocabSize ?? tokenizer?.len() };
+    return new Flamingo(native, plan, resolved, { ...normalization, size }, tokenizer);
   }
 
   /**

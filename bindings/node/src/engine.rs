@@ -41,7 +41,7 @@ pub fn settle<T: ToNapiValue + Send + 'static>(deferred: Deferred<T>, result: Bi
 
 /// Runs `f`, turning a panic into an error so that the caller's Promise still settles and
 /// the engine thread lives on for the next call.
-fn guarded<T>(what: &str, f: impl FnOnce() -> BindingResult<T>) -> BindingResult<T> {
+pub(crate) fn guarded<T>(what: &str, f: impl FnOnce() -> BindingResult<T>) -> BindingResult<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
         let detail = panic
             .downcast_ref::<&str>()
@@ -106,7 +106,7 @@ pub struct Loaded {
 }
 
 /// The device models run on: CPU, or the first CUDA device in a `cuda` build.
-fn engine_device() -> BindingResult<Device> {
+pub(crate) fn engine_device() -> BindingResult<Device> {
     #[cfg(feature = "cuda")]
     {
         Ok(Device::new_cuda(0)?)
@@ -117,7 +117,10 @@ fn engine_device() -> BindingResult<Device> {
     }
 }
 
-fn to_json<T: serde::Serialize>(what: &str, value: &T) -> BindingResult<serde_json::Value> {
+pub(crate) fn to_json<T: serde::Serialize>(
+    what: &str,
+    value: &T,
+) -> BindingResult<serde_json::Value> {
     serde_json::to_value(value).map_err(|e| {
         BindingError::new(
             ERR_ENGINE_PANIC,

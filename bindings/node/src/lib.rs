@@ -14,6 +14,7 @@ mod generate;
 pub mod image;
 mod tensor;
 pub mod text;
+mod train;
 
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
