@@ -325,7 +325,9 @@ export function createFlamingoHandler(model: Flamingo, options: FlamingoServiceO
         // A stream already under way: say why it ends.
         res.end(`event: error\ndata: ${JSON.stringify({ error: { code: http.code, message: http.message } })}\n\n`);
       } else {
-        sendError(res, http, http.status === 413 ? { connection: "close" } : {});
+        const headers: Record<string, string> =
+          http.status === 413 ? { connection: "close" } : http.status === 429 ? { "retry-after": "1" } : {};
+        sendError(res, http, headers);
       }
       return http.status;
     } finally {
