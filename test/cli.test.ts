@@ -21,6 +21,14 @@ writeFileSync(
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
 async function cli(...argv: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return cliUntil(undefined, ...argv);
+}
+
+/** Runs the CLI; `untilStopped` ends a `serve`; `onStdout` sees the output as it comes. */
+async function cliUntil(
+  control: { untilStopped: () => Promise<void>; onStdout: (text: string) => void } | undefined,
+  ...argv: string[]
+): Promise<{ code: number; stdout: string; stderr: string }> {
   let stdout = "";
   let stderr = "";
   const err = new PassThrough();
@@ -31,9 +39,11 @@ async function cli(...argv: string[]): Promise<{ code: number; stdout: string; s
     stdout: {
       write: (t: string) => {
         stdout += t;
+        control?.onStdout(stdout);
       },
     },
     stderr: err,
+    ...(control ? { untilStopped: control.untilStopped } : {}),
   });
   return { code, stdout, stderr };
 }
@@ -104,11 +114,42 @@ describe("flamingo CLI", () => {
     const info = JSON.parse(stdout);
     expect(info.package).toEqual({ name: "flamingo-vlm", version: expect.any(String) });
     expect(info.backend.backend).toBe("cpu");
+    expect(info.devices[0]).toMatch(/^cpu \(\d+ threads?/);
     expect(info.backend.reason).toMatch(/CUDA build not used|FLAMINGO_BACKEND=cpu|NAPI_RS_NATIVE_LIBRARY_PATH/);
     expect(info.model.parametersTotal).toBeGreaterThan(info.model.parametersTrainable);
     expect(info.model.layerPlan.crossAttentionLayers).toEqual(info.model.crossAttnLayers);
     const text = await cli("info");
     expect(text.stdout).toMatch(/parameters: [\d,]+ total, [\d,]+ trainable/);
+  });
+
+  it("serves the HTTP routes until stopped", async () => {
+    let stop!: () => void;
+    const stopped = new Promise<void>((resolve) => {
+      stop = resolve;
+    });
+    let announced!: (url: string) => void;
+    const url = new Promise<string>((resolve) => {
+      announced = resolve;
+    });
+    const run = cliUntil(
+      {
+        untilStopped: () => stopped,
+        onStdout: (text) => {
+          const match = /"url":"([^"]+)"/.exec(text);
+          if (match?.[1]) announced(match[1]);
+        },
+      },
+      "serve",
+      "--port",
+      "0",
+      "--json",
+    );
+    const base = await url;
+    expect(base).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+    const health = (await (await fetch(`${base}/healthz`)).json()) as { status: string };
+    expect(health.status).toBe("ok");
+    stop();
+    expect((await run).code).toBe(0);
   });
 
   it("says train and eval are not in this build", async () => {

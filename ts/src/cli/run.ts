@@ -6,6 +6,7 @@
  */
 
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { type ParseArgsConfig, parseArgs } from "node:util";
 
@@ -371,6 +372,13 @@ async function delegate(argv: string[], io: CliIo, command: "train" | "eval"): P
   return (await run(argv)) ?? 0;
 }
 
+/** The compute device, as `info` shows it. */
+function deviceLine(backend: "cpu" | "cuda"): string {
+  if (backend === "cuda") return "cuda:0";
+  const threads = Number(process.env.CANDLE_NUM_THREADS) || availableParallelism();
+  return `cpu (${threads} thread${threads === 1 ? "" : "s"}${process.env.CANDLE_NUM_THREADS ? ", CANDLE_NUM_THREADS" : ""})`;
+}
+
 async function info(argv: string[], io: CliIo): Promise<number> {
   const { values } = parse(argv, MODEL_OPTIONS, false);
   if (values.help) return help(io, "info");
@@ -384,6 +392,7 @@ async function info(argv: string[], io: CliIo): Promise<number> {
       node: process.version,
       platform: backend.platform,
       backend,
+      devices: [deviceLine(backend.backend)],
       model: {
         source: typeof values.model === "string" ? values.model : defaultModelDir(),
         ...summary,
@@ -397,6 +406,7 @@ async function info(argv: string[], io: CliIo): Promise<number> {
     const lines = [
       `flamingo-vlm ${report.package.version} (engine ${report.engine.version}), Node ${report.node}, ${report.platform}`,
       `backend: ${backend.backend} (FLAMINGO_BACKEND=${backend.requested}; ${backend.reason}) from ${backend.source}`,
+      `devices: ${report.devices.join(", ")}`,
       `model: ${report.model.source}`,
       `  ${summary.modelType} LM (${summary.family}): ${summary.lmLayers} layers, width ${summary.hiddenSize}, vocabulary ${summary.vocabSize}`,
       `  vision: ${summary.visionLayers} layers, width ${summary.visionHiddenSize}, ${summary.imageSize}×${summary.imageSize} images`,
