@@ -116,7 +116,8 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
     req.on("end", () => (size > limit ? reject(tooLarge()) : resolve(Buffer.concat(chunks, size))));
     req.on("error", reject);
     req.on("close", () => {
-      if (!req.complete) reject(new HttpError(400, "incomplete_body", "the request body ended early"));
+      if (req.complete) return;
+      reject(size > limit ? tooLarge() : new HttpError(400, "incomplete_body", "the request body ended early"));
     });
   });
 }
