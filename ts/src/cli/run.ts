@@ -281,7 +281,7 @@ async function generate(argv: string[], io: CliIo): Promise<number> {
     const tokenizer = model.tokenizer;
     if (tokenizer === undefined) throw new UsageError("this model has no tokenizer");
     const prompt = interleave(segments);
-    const input = await encodePrompts(tokenizer, [prompt], { image: { size: model.summary().imageSize } });
+    const input = await encodePrompts(tokenizer, [prompt], { image: model.imageOptions() });
     const options = { maxNewTokens: 20, ...generationOptions(values) };
     const stream = model.stream(
       { visionX: input.visionX, langX: input.langX, attentionMask: input.attentionMask },

@@ -174,7 +174,8 @@ export function createFlamingoHandler(model: Flamingo, options: FlamingoServiceO
       "the service needs the model's tokenizer: load the model with Flamingo.fromPretrained",
     );
   }
-  const imageSize = model.summary().imageSize;
+  // The model's own preprocessing (size, mean, std), as `caption` and `vqa` use it.
+  const imageOptions = model.imageOptions();
   let closed = false;
 
   const routeOf = (req: IncomingMessage): string | undefined => {
@@ -283,7 +284,7 @@ export function createFlamingoHandler(model: Flamingo, options: FlamingoServiceO
       }
       const signal = controller.signal;
       const input = await encodePrompts(tokenizer as NonNullable<typeof tokenizer>, task.prompts, {
-        image: { size: imageSize, maxPixels },
+        image: { ...imageOptions, maxPixels },
       });
       if (signal.aborted) throw signal.reason;
       started = performance.now();
