@@ -20,11 +20,11 @@ function newestSource(dir: string): number {
 }
 
 /**
- * The `train` command as a child process runs it (`dist/train-cli.js`), built when missing
+ * The `train` command as a child process runs it (`dist/train-main.js`, the stand-alone entry of `ts/src/train/main.ts`), built when missing
  * or older than the sources. Returns its path.
  */
 export function buildTrainCli(): string {
-  const cli = join(REPO_ROOT, "dist", "train-cli.js");
+  const cli = join(REPO_ROOT, "dist", "train-main.js");
   if (!existsSync(cli) || statSync(cli).mtimeMs < newestSource(join(REPO_ROOT, "ts", "src"))) {
     execFileSync("npm", ["run", "--silent", "build:train-cli"], { cwd: REPO_ROOT, stdio: "pipe" });
   }

@@ -107,6 +107,7 @@ export {
   planLayers,
 } from "./layers.js";
 export { Flamingo, type LoadReport, type ModelSummary } from "./model.js";
+export { type BackendInfo, type BackendPreference, nativeBackend } from "./native.js";
 export {
   type CrossAttentionBlockOptions,
   CrossAttentionBlockOptionsSchema,
@@ -144,6 +145,18 @@ export {
   VqaPromptOptionsSchema,
   vqaPrompt,
 } from "./prompts.js";
+export {
+  createFlamingoHandler,
+  type FlamingoHandler,
+  type FlamingoServiceOptions,
+  HttpError,
+  type MiddlewareApp,
+  mountFlamingoRoutes,
+  type RunningServer,
+  ServiceMetrics,
+  type StartServerOptions,
+  startFlamingoServer,
+} from "./serve/index.js";
 export {
   type FloatTensor,
   type FloatTensorInput,

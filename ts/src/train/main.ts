@@ -1,6 +1,6 @@
 /**
  * A stand-alone entry for the `train` command until the `flamingo` binary wires it in:
- * `node dist/train-cli.js --config train.json` (or `… train --config train.json`).
+ * `node dist/train-main.js --config train.json` (or `… train --config train.json`).
  */
 
 import { runTrainCommand } from "./cli.js";
