@@ -29,8 +29,11 @@ pub struct AttentionContext {
     /// dtype, ALiBi biases). Building them once matters on a GPU: candle's `arange` and
     /// `from_vec` copy from the host, and each such copy waits for the device's queue to
     /// drain, so per-layer rebuilds serialised every decode step (docs/CUDA.md).
-    memo: Arc<Mutex<Vec<(&'static str, DType, Tensor)>>>,
+    memo: Arc<Mutex<Vec<MemoEntry>>>,
 }
+
+/// A memoized tensor with its key and dtype.
+type MemoEntry = (&'static str, DType, Tensor);
 
 impl AttentionContext {
     /// `attention_mask` is `(B, past + T)` with 1 for real tokens and 0 for padding, covering
