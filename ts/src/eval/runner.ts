@@ -13,6 +13,7 @@ import { stat } from "node:fs/promises";
 import { z } from "zod";
 
 import { ErrorCode, FlamingoError, invalidInput } from "../errors.js";
+import { AbortError } from "../generate.js";
 import type { ImageInput } from "../images.js";
 import { preprocessImages } from "../images.js";
 import type { Flamingo } from "../model.js";
@@ -336,21 +337,16 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
   const pending = evaluated
     .map((item, position) => ({ item, position }))
     .filter(({ item }) => !predictions.has(item.id));
-  const progress = () => o.onProgress?.({ done: evaluated.length - pending.length, total: evaluated.length, resumed });
-  const report = (done: number) => o.onProgress?.({ done, total: evaluated.length, resumed });
-  progress();
+  let done = evaluated.length - pending.length;
+  const notify = () => o.onProgress?.({ done, total: evaluated.length, resumed });
+  notify();
 
   const batchSize = kind === "classification" ? 1 : (o.batchSize ?? 8);
-  let done = evaluated.length - pending.length;
   for (let start = 0; start < pending.length; start += batchSize) {
     if (o.signal?.aborted) {
-      throw new FlamingoError(
-        ErrorCode.Aborted,
-        "the evaluation was aborted; rerun with the same output folder to resume",
-        {
-          cause: o.signal.reason,
-        },
-      );
+      throw new AbortError("the evaluation was aborted; rerun with the same output folder to resume", {
+        cause: o.signal.reason,
+      });
     }
     const batch = pending.slice(start, start + batchSize);
     const made: Prediction[] = [];
@@ -385,7 +381,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
     await files?.append(made);
     for (const p of made) predictions.set(p.id, p);
     done += batch.length;
-    report(done);
+    notify();
   }
 
   const ordered = evaluated.map((item) => predictions.get(item.id) as Prediction);
