@@ -15,12 +15,14 @@ import {
   type CaptionPrediction,
   type ClassificationPrediction,
   captionMetrics,
+  defaultVqaImagePath,
   type EvalReport,
   evaluate,
   Flamingo,
   loadCaptionDataset,
   loadHatefulMemes,
   loadVqaDataset,
+  postprocessOkVqa,
   rocAuc,
   runEvalCommand,
   type VqaPrediction,
@@ -99,6 +101,19 @@ describe("datasets", () => {
       { id: "7", image: join(dir, "val2014", "COCO_val2014_000000000042.jpg"), question: "what?", answers: ["red"] },
     ]);
     rmSync(dir, { recursive: true });
+  });
+
+  it("names VizWiz and TextVQA images as the reference does", () => {
+    const q = { image_id: "VizWiz_val_00000007.jpg", question: "?", question_id: 1 };
+    expect(defaultVqaImagePath("vizwiz")(q, "/d")).toBe(join("/d", "VizWiz_val_00000007.jpg"));
+    expect(defaultVqaImagePath("textvqa")({ ...q, image_id: "0054c91397f2fe05" }, "/d")).toBe(
+      join("/d", "0054c91397f2fe05.jpg"),
+    );
+  });
+
+  it("cuts OK-VQA answers at Question/Answer/Short but keeps what follows a comma", () => {
+    expect(postprocessOkVqa("red, blue Question: what")).toBe("red, blue ");
+    expect(postprocessOkVqa(" skiing Short answer: no")).toBe(" skiing ");
   });
 
   it("names the field of a VQA annotation file of the wrong shape", async () => {
@@ -238,6 +253,33 @@ describe("evaluate on models/tiny", () => {
     for (const p of report.predictions) expect(p.demos).toHaveLength(2);
   });
 
+  it("refuses items of another task's shape, naming the field", async () => {
+    const vqaItems = test.map((t) => ({ id: t.id, image: t.image, question: "q", answers: ["a"] }));
+    const error = await evaluate({ model, task: "coco", data: { train, test: vqaItems } }).catch((e) => e);
+    expect(error.code).toBe("ERR_INVALID_INPUT");
+    expect(error.message).toMatch(/captions/);
+  });
+
+  it("stops at an aborted signal with an AbortError, keeping what was finished", async () => {
+    const output = out();
+    const controller = new AbortController();
+    const error = await evaluate({
+      model,
+      task: "coco",
+      data: { train, test },
+      shots: 1,
+      batchSize: 1,
+      maxNewTokens: 2,
+      output,
+      onProgress: (p) => {
+        if (p.done === 2) controller.abort();
+      },
+      signal: controller.signal,
+    }).catch((e) => e);
+    expect(error.name).toBe("AbortError");
+    expect(readFileSync(join(output, "predictions.jsonl"), "utf8").trimEnd().split("\n")).toHaveLength(2);
+  });
+
   it("fails with ERR_EVAL_NOT_ENOUGH_DEMOS when asked for more shots than the training split has", async () => {
     const error = await evaluate({ model, task: "coco", data: { train, test }, shots: 9 }).catch((e) => e);
     expect(error.code).toBe("ERR_EVAL_NOT_ENOUGH_DEMOS");
@@ -318,6 +360,8 @@ describe("evaluate on models/tiny", () => {
       train: await loadHatefulMemes({ annotations: join(dir, "train.jsonl"), imageDir }),
       test: await loadHatefulMemes({ annotations: join(dir, "test.jsonl"), imageDir }),
     };
+    const zeroShot = await evaluate({ model, task: "hateful_memes", data, shots: 0 });
+    expect(zeroShot.predictions).toHaveLength(4);
     const report = await evaluate({ model, task: "hateful_memes", data, shots: 2 });
     const predictions = report.predictions as ClassificationPrediction[];
     expect(predictions).toHaveLength(4);
