@@ -316,7 +316,8 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
     );
   }
 
-  const imageSize = o.model.summary().imageSize;
+  const summary = o.model.summary();
+  const imageSize = summary.imageSize;
   const decoding =
     kind === "classification"
       ? null
@@ -330,6 +331,8 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
     decoding,
     testItems: test.length,
     trainItems: train.length,
+    // Not the weights (a fine-tune has the same sizes), but enough to refuse another architecture.
+    model: { family: summary.family, parametersTotal: summary.parametersTotal, lmLayers: summary.lmLayers },
   };
   const files: RunFiles<Prediction> | undefined = o.output ? await openRunFiles(o.output, settings) : undefined;
   const predictions = new Map<string, Prediction>(files?.done ?? []);
@@ -385,7 +388,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
   }
 
   const ordered = evaluated.map((item) => predictions.get(item.id) as Prediction);
-  const metrics = score(kind, evaluated, ordered, o.vqaEvaluator);
+  const metrics = metricsOf(kind, evaluated, ordered, o.vqaEvaluator);
   const differences = [DIFFERENCES.sampling, ...(o.task === "okvqa" ? [DIFFERENCES.okvqa] : [])];
   const result: EvalReport = {
     task: o.task,
@@ -401,8 +404,8 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
     predictions: ordered,
   };
   if (files) {
-    const { predictions: written, ...summary } = result;
-    await files.finish(written, summary);
+    const { predictions: written, ...reportFile } = result;
+    await files.finish(written, reportFile);
   }
   return result;
 }
@@ -473,7 +476,7 @@ async function classify(
 }
 
 /** The task's metrics over the predictions, in the evaluated order. */
-function score(
+function metricsOf(
   kind: TaskKind,
   items: readonly (CaptionItem | VqaItem | ClassificationItem)[],
   predictions: readonly Prediction[],
