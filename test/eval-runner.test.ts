@@ -9,7 +9,7 @@ import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-
+import { captionItemPrompt, classificationPrompt, vqaItemPrompt } from "../ts/src/eval/runner.js";
 import {
   type CaptionItem,
   type CaptionPrediction,
@@ -62,6 +62,44 @@ describe("rocAuc", () => {
 
   it("refuses labels of one class", () => {
     expect(() => rocAuc([1, 1], [0.2, 0.3])).toThrow(/only one class/);
+  });
+});
+
+describe("the reference's prompts for evaluated items", () => {
+  const cap = (id: string, caption: string) => ({ id, image: `${id}.png`, captions: [` ${caption} `, "other"] });
+  const demos = [cap("a", "two red circles"), cap("b", "one blue square")];
+
+  it("shows each demonstration's first caption, stripped, and the query open after Output:", () => {
+    expect(captionItemPrompt(cap("q", "x"), demos, 2)).toEqual({
+      text: "<image>Output:two red circles<|endofchunk|>\n<image>Output:one blue square<|endofchunk|>\n<image>Output:",
+      images: ["a.png", "b.png", "q.png"],
+    });
+  });
+
+  it("zero-shot shows the demonstrations as text, without their <image> tags or images", () => {
+    expect(captionItemPrompt(cap("q", "x"), demos, 0)).toEqual({
+      text: "Output:two red circles<|endofchunk|>\nOutput:one blue square<|endofchunk|>\n<image>Output:",
+      images: ["q.png"],
+    });
+  });
+
+  it("shows each VQA demonstration's first answer", () => {
+    const item = (id: string, q: string, answers: string[]) => ({ id, image: `${id}.png`, question: q, answers });
+    const prompt = vqaItemPrompt(item("q", "how many?", ["2"]), [item("d", "what colour?", ["red", "blue"])], 1);
+    expect(prompt.text).toBe(
+      "<image>Question:what colour? Short answer:red<|endofchunk|>\n<image>Question:how many? Short answer:",
+    );
+  });
+
+  it("concatenates HatefulMemes demonstrations with no separator and leaves the query open after Answer:", () => {
+    const meme = (id: string, text: string, label: 0 | 1) => ({ id, image: `${id}.png`, text, label });
+    const prompt = classificationPrompt(meme("q", "hi", 0), [meme("d", "bye", 1), meme("e", "ok", 0)], 2);
+    expect(prompt.text).toBe(
+      "<image>is an image with: 'bye' written on it. Is it hateful? Answer:yes<|endofchunk|>" +
+        "<image>is an image with: 'ok' written on it. Is it hateful? Answer:no<|endofchunk|>" +
+        "<image>is an image with: 'hi' written on it. Is it hateful? Answer:",
+    );
+    expect(prompt.images).toEqual(["d.png", "e.png", "q.png"]);
   });
 });
 

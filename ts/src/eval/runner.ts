@@ -410,7 +410,8 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
   return result;
 }
 
-function captionItemPrompt(item: CaptionItem, demos: readonly CaptionItem[], shots: number): Prompt {
+/** An evaluated caption item's prompt after its demonstrations (text only for zero-shot). */
+export function captionItemPrompt(item: CaptionItem, demos: readonly CaptionItem[], shots: number): Prompt {
   return captionPrompt({
     // The reference shows each demonstration's first caption.
     demos: demos.map((d) => ({ image: d.image, caption: d.captions[0] as string })),
@@ -419,7 +420,8 @@ function captionItemPrompt(item: CaptionItem, demos: readonly CaptionItem[], sho
   });
 }
 
-function vqaItemPrompt(item: VqaItem, demos: readonly VqaItem[], shots: number): Prompt {
+/** An evaluated VQA item's prompt after its demonstrations (text only for zero-shot). */
+export function vqaItemPrompt(item: VqaItem, demos: readonly VqaItem[], shots: number): Prompt {
   return vqaPrompt({
     // The reference shows each demonstration's first answer.
     demos: demos.map((d) => ({ image: d.image, question: d.question, answer: d.answers[0] as string })),
@@ -446,6 +448,22 @@ async function generateBatch(
 }
 
 /**
+ * An evaluated HatefulMemes item's context: the demonstrations with their labels, concatenated
+ * with no separator (text only for zero-shot), then the query open after `Answer:`.
+ */
+export function classificationPrompt(
+  item: ClassificationItem,
+  demos: readonly ClassificationItem[],
+  shots: number,
+): Prompt {
+  let text = demos.map((d) => hatefulMemesPrompt(d.text, HATEFUL_MEMES_CLASSES[d.label])).join("");
+  if (shots === 0) text = text.replaceAll("<image>", "");
+  text += hatefulMemesPrompt(item.text);
+  const images: ImageInput[] = [...(shots > 0 ? demos.map((d) => d.image) : []), item.image];
+  return { text, images };
+}
+
+/**
  * Rank classification with cached media (`get_rank_classifications`): the context (the
  * demonstrations, concatenated with no separator, then the query up to `Answer:`) runs once,
  * and each class name is scored after it by its mean token log-probability.
@@ -458,11 +476,7 @@ async function classify(
   imageSize: number,
   signal: AbortSignal | undefined,
 ): Promise<ClassificationPrediction> {
-  let context = demos.map((d) => hatefulMemesPrompt(d.text, HATEFUL_MEMES_CLASSES[d.label])).join("");
-  // Zero-shot: the demonstrations as text only.
-  if (shots === 0) context = context.replaceAll("<image>", "");
-  context += hatefulMemesPrompt(item.text);
-  const images: ImageInput[] = [...(shots > 0 ? demos.map((d) => d.image) : []), item.image];
+  const { text: context, images } = classificationPrompt(item, demos, shots);
   const visionX = await preprocessImages([images], { size: imageSize });
   const scores = await model.score(
     { visionX, context, continuations: [...HATEFUL_MEMES_CLASSES] },
