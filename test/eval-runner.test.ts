@@ -25,6 +25,7 @@ import {
   postprocessOkVqa,
   rocAuc,
   runEvalCommand,
+  Tokenizer,
   type VqaPrediction,
   vqaAccuracy,
 } from "../ts/src/index.js";
@@ -418,6 +419,54 @@ describe("evaluate on models/tiny", () => {
         ),
       12,
     );
+  });
+});
+
+describe("evaluate's scoring, with a stand-in model that always says the same", () => {
+  // The untrained tiny model scores 0 everywhere; a model that always generates one text
+  // gives non-zero scores, so the report's numbers are checked against recomputed ones.
+  async function standIn(generated: string) {
+    const tokenizer = await Tokenizer.fromFile(join(TINY, "lm", "tokenizer.json"));
+    const rows: number[] = [];
+    const model = {
+      tokenizer,
+      summary: () => ({ imageSize: 32 }),
+      generate: async (input: { langX: { shape: number[] } }) => {
+        rows.push(input.langX.shape[0] as number);
+        return { text: Array.from({ length: input.langX.shape[0] as number }, () => generated) };
+      },
+    };
+    return { model: model as unknown as Flamingo, rows };
+  }
+
+  it("post-processes the generations as the reference and reports their CIDEr and BLEU", async () => {
+    const common = { annotations: join(SHAPES, "dataset_coco.json"), imageDir: SHAPES };
+    const train = await loadCaptionDataset({ ...common, split: "train" });
+    const test = await loadCaptionDataset({ ...common, split: "test" });
+    const { model, rows } = await standIn('two "blue" circles Output: one red star');
+    const report = await evaluate({ model, task: "coco", data: { train, test }, shots: 2, batchSize: 3 });
+    expect(rows).toEqual([3, 1]);
+    for (const p of report.predictions as CaptionPrediction[]) expect(p.caption).toBe("two blue circles ");
+    const recomputed = captionMetrics(test.map((t) => ({ candidate: "two blue circles ", references: t.captions })));
+    expect(report.metrics.cider).toBeGreaterThan(0);
+    // The evaluated order is a seeded permutation; CIDEr's mean does not depend on it.
+    expect(report.metrics.cider).toBeCloseTo(100 * recomputed.cider.score, 10);
+    expect(report.metrics.bleu?.[0]).toBeCloseTo(100 * (recomputed.bleu.scores[0] as number), 10);
+  });
+
+  it("cuts VQA answers at the first ', ' and reports their VQA accuracy", async () => {
+    const vqa = (id: string, answers: string[]) => ({
+      id,
+      image: join(SHAPES, "images", "shapes_01.png"),
+      question: "?",
+      answers,
+    });
+    const test = [vqa("1", Array(10).fill("red")), vqa("2", [...Array(2).fill("red"), ...Array(8).fill("blue")])];
+    const { model } = await standIn("red, blue Question: x");
+    const report = await evaluate({ model, task: "vqav2", data: { train: test, test }, shots: 1 });
+    for (const p of report.predictions as VqaPrediction[]) expect(p.answer).toBe("red");
+    // 10 humans said "red" → 1; 2 humans → 0.6 (the reference's leave-one-out mean).
+    expect(report.metrics.vqaAccuracy).toBeCloseTo(80, 10);
   });
 });
 
