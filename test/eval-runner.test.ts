@@ -299,6 +299,13 @@ describe("evaluate on models/tiny", () => {
     expect(error.message).toMatch(/captions/);
   });
 
+  it("refuses a test split with two items of one id (predictions are keyed by id)", async () => {
+    const twice = [test[0] as CaptionItem, { ...(test[1] as CaptionItem), id: (test[0] as CaptionItem).id }];
+    const error = await evaluate({ model, task: "coco", data: { train, test: twice } }).catch((e) => e);
+    expect(error.code).toBe("ERR_EVAL_DATA");
+    expect(error.message).toMatch(/two items with id "1008"/);
+  });
+
   it("stops at an aborted signal with an AbortError, keeping what was finished", async () => {
     const output = out();
     const controller = new AbortController();

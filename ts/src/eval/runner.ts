@@ -273,6 +273,14 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
   const train = o.data.train as readonly (CaptionItem | VqaItem | ClassificationItem)[];
   const test = o.data.test as readonly (CaptionItem | VqaItem | ClassificationItem)[];
   if (test.length === 0) throw new FlamingoError(EvalErrorCode.Data, `the ${o.task} test split has no items`);
+  // Predictions are keyed by item id (that is how a rerun finds what is done).
+  const seen = new Set<string>();
+  for (const item of test) {
+    if (seen.has(item.id)) {
+      throw new FlamingoError(EvalErrorCode.Data, `the ${o.task} test split has two items with id "${item.id}"`);
+    }
+    seen.add(item.id);
+  }
   const numSamples = o.numSamples ?? test.length;
   if (numSamples > test.length) {
     throw new FlamingoError(
