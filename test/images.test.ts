@@ -67,6 +67,104 @@ function pngClaiming(width: number, height: number): Buffer {
   ]);
 }
 
+/** A 24-bit BMP (bottom-up rows of B, G, R, each row padded to 4 bytes), as Windows writes it. */
+function bmp(width: number, height: number, rgb: (x: number, y: number) => [number, number, number]): Buffer {
+  const stride = Math.ceil((width * 3) / 4) * 4;
+  const file = Buffer.alloc(54 + stride * height);
+  file.write("BM", 0, "ascii");
+  file.writeUInt32LE(file.length, 2);
+  file.writeUInt32LE(54, 10);
+  file.writeUInt32LE(40, 14);
+  file.writeInt32LE(width, 18);
+  file.writeInt32LE(height, 22);
+  file.writeUInt16LE(1, 26);
+  file.writeUInt16LE(24, 28);
+  file.writeUInt32LE(stride * height, 34);
+  for (let y = 0; y < height; y++) {
+    const row = 54 + (height - 1 - y) * stride;
+    for (let x = 0; x < width; x++) {
+      const [r, g, b] = rgb(x, y);
+      file.set([b, g, r], row + x * 3);
+    }
+  }
+  return file;
+}
+
+/**
+ * A lossless WebP (VP8L) whose pixels are `(red, greens[bit], blue)`, `bit` chosen per pixel.
+ * Its prefix codes are "simple" ones: red, blue, alpha and distance have one symbol (read
+ * with zero bits), green two of length 1 (code 0 → the smaller value), so the pixel data is
+ * one bit per pixel. Written from the VP8L specification, with no encoder involved.
+ */
+function webpLossless(
+  width: number,
+  height: number,
+  colours: { red: number; greens: [number, number]; blue: number },
+  bit: (x: number, y: number) => 0 | 1,
+): Buffer {
+  const bits: number[] = [];
+  const put = (value: number, n: number) => {
+    for (let i = 0; i < n; i++) bits.push((value >> i) & 1);
+  };
+  const oneSymbol = (symbol: number) => {
+    put(1, 1); // simple code
+    put(0, 1); // one symbol
+    put(1, 1); // an 8-bit symbol
+    put(symbol, 8);
+  };
+  const [g0, g1] = colours.greens;
+  put(0x2f, 8); // signature
+  put(width - 1, 14);
+  put(height - 1, 14);
+  put(0, 1); // alpha not used
+  put(0, 3); // version
+  put(0, 1); // no transform
+  put(0, 1); // no colour cache
+  put(0, 1); // no meta prefix codes
+  // green: two symbols, the first 8-bit
+  put(1, 1);
+  put(1, 1);
+  put(1, 1);
+  put(Math.min(g0, g1), 8);
+  put(Math.max(g0, g1), 8);
+  oneSymbol(colours.red);
+  oneSymbol(colours.blue);
+  oneSymbol(255); // alpha
+  put(1, 1); // distance: simple, one 1-bit symbol 0
+  put(0, 1);
+  put(0, 1);
+  put(0, 1);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const green = colours.greens[bit(x, y)] as number;
+      put(green === Math.min(g0, g1) ? 0 : 1, 1);
+    }
+  }
+  const data = Buffer.alloc(Math.ceil(bits.length / 8));
+  bits.forEach((b, i) => {
+    data[i >> 3] = (data[i >> 3] as number) | (b << (i & 7));
+  });
+  const padded = data.length % 2 === 1 ? Buffer.concat([data, Buffer.alloc(1)]) : data;
+  const head = Buffer.alloc(20);
+  head.write("RIFF", 0, "ascii");
+  head.writeUInt32LE(12 + padded.length, 4);
+  head.write("WEBPVP8L", 8, "ascii");
+  head.writeUInt32LE(data.length, 16);
+  return Buffer.concat([head, padded]);
+}
+
+/** Largest and mean absolute difference. */
+function diffs(a: Float32Array, b: Float32Array): { max: number; mean: number } {
+  let max = 0;
+  let sum = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs((a[i] as number) - (b[i] as number));
+    max = Math.max(max, d);
+    sum += d;
+  }
+  return { max, mean: sum / a.length };
+}
+
 async function codeOf(promise: Promise<unknown>): Promise<{ code: string; message: string }> {
   try {
     await promise;
@@ -82,13 +180,18 @@ const tmp = tempDir("flamingo-images-");
 afterAll(() => tmp.cleanup());
 
 describe("loadImage", () => {
-  it("matches the reference transform on the golden PNGs within 1e-6", async () => {
+  it("matches the reference transform on the four golden PNGs (issue bar: max 0.02, mean 0.002)", async () => {
     const expected = readSafetensors(join(GOLDEN_DIR, "preprocess", "expected.safetensors"));
     for (const name of ["wide", "tall", "small_gray", "rgba"]) {
       const got = await loadImage(join(GOLDEN_DIR, "preprocess", `${name}.png`), { applyExifOrientation: false });
       const want = f32(expected, name);
       expect(got.shape).toEqual([3, 224, 224]);
-      expect(maxAbsDiff(got.data, want.data), name).toBeLessThanOrEqual(1e-6);
+      const { max, mean } = diffs(got.data, want.data);
+      console.log(`preprocess parity ${name}: max abs ${max.toExponential(2)}, mean abs ${mean.toExponential(2)}`);
+      expect(max, name).toBeLessThanOrEqual(0.02);
+      expect(mean, name).toBeLessThanOrEqual(0.002);
+      // What the port reaches: Pillow's fixed-point passes reproduced, so f32 rounding only.
+      expect(max, name).toBeLessThanOrEqual(1e-6);
     }
   });
 
@@ -127,6 +230,31 @@ describe("loadImage", () => {
     expect(got.shape).toEqual([3, 4, 4]);
     const row = Array.from(got.data.subarray(0, 4));
     expect(row).toEqual([normalized(0, 0), normalized(0, 0), normalized(255, 0), normalized(255, 0)]);
+  });
+
+  it("decodes a BMP to the same pixels as the PNG of the same image", async () => {
+    const colour = (x: number, y: number): [number, number, number] => [(x * 37) % 256, (y * 53) % 256, (x * y) % 256];
+    const fromBmp = await loadImage(bmp(30, 22, colour), { size: 16 });
+    const fromPng = await loadImage(png(30, 22, colour), { size: 16 });
+    expect(fromBmp.shape).toEqual([3, 16, 16]);
+    expect(maxAbsDiff(fromBmp.data, fromPng.data)).toBe(0);
+  });
+
+  it("decodes a lossless WebP to the same pixels as the PNG of the same image", async () => {
+    const colours = { red: 200, greens: [16, 240] as [number, number], blue: 30 };
+    const right = (x: number) => (x >= 4 ? 1 : 0) as 0 | 1;
+    const webp = webpLossless(8, 4, colours, right);
+    // Short side 4 is `size`: no resize, the centre crop keeps x = 2..5.
+    const got = await loadImage(webp, { size: 4 });
+    const fromPng = await loadImage(
+      png(8, 4, (x) => [colours.red, colours.greens[right(x)] as number, colours.blue]),
+      { size: 4 },
+    );
+    expect(maxAbsDiff(got.data, fromPng.data)).toBe(0);
+    const greenRow = Array.from(got.data.subarray(16, 20));
+    expect(greenRow).toEqual([normalized(16, 1), normalized(16, 1), normalized(240, 1), normalized(240, 1)]);
+    expect(got.data[0]).toBe(normalized(200, 0));
+    expect(got.data[32]).toBe(normalized(30, 2));
   });
 
   it("uses the given mean and std", async () => {

@@ -50,13 +50,18 @@ const MERGES: [string, string][] = [
 ];
 
 function neoxJson(): string {
+  return JSON.stringify(neoxObject());
+}
+
+/** The tokenizer.json object, for tests that change a part of it. */
+function neoxObject(): Record<string, unknown> {
   const vocab: Record<string, number> = { "<|endoftext|>": 0 };
   for (let b = 0; b < 256; b++) vocab[byteChar(b)] = 1 + b;
   MERGES.forEach(([a, b], i) => {
     vocab[a + b] = 257 + i;
   });
   const byteLevel = { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true };
-  return JSON.stringify({
+  return {
     version: "1.0",
     truncation: null,
     padding: null,
@@ -86,7 +91,7 @@ function neoxJson(): string {
       vocab,
       merges: MERGES.map(([a, b]) => `${a} ${b}`),
     },
-  });
+  };
 }
 
 const tmp = tempDir("flamingo-tokenizer-");
@@ -143,6 +148,31 @@ describe("the reference's special tokens", () => {
     expect((error as FlamingoError).message).toContain(missing);
   });
 
+  it("a tokenizer with a pad token gets <|endofchunk|> and <image> but no <PAD>", async () => {
+    const dir = join(tmp.path, "neox-with-pad");
+    mkdirSync(dir);
+    writeFileSync(join(dir, "tokenizer.json"), neoxJson());
+    // As the RedPajama tokenizers say it: the pad token is <|endoftext|> (id 0).
+    writeFileSync(join(dir, "tokenizer_config.json"), JSON.stringify({ pad_token: "<|endoftext|>" }));
+    const t = await Tokenizer.fromDir(dir);
+    expect([t.endOfChunkTokenId, t.mediaTokenId]).toEqual([EOC, MEDIA]);
+    expect(t.padTokenId).toBe(0);
+    expect(t.specialTokens.addedPadToken).toBe(false);
+    expect(t.tokenToId("<PAD>")).toBeUndefined();
+    expect(t.len()).toBe(BASE_LEN + 2);
+  });
+
+  it("a tokenizer.json without its model section rejects with ERR_CONFIG saying so", async () => {
+    const { model: _dropped, ...rest } = neoxObject();
+    const bad = join(tmp.path, "no-model.json");
+    writeFileSync(bad, JSON.stringify(rest));
+    const error = await Tokenizer.fromFile(bad).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(FlamingoError);
+    expect((error as FlamingoError).code).toBe("ERR_CONFIG");
+    expect((error as FlamingoError).message).toContain(bad);
+    expect((error as FlamingoError).message).toContain('has no "model" section');
+  });
+
   it("a file that is not a tokenizer rejects with ERR_CONFIG", async () => {
     const bad = join(tmp.path, "bad.json");
     writeFileSync(bad, '{"model": 3}');
@@ -163,6 +193,25 @@ describe("encode and decode", () => {
     expect(neox.decode(ids)).toBe("<image>Output: cat<|endofchunk|>");
     expect(neox.decode(Int32Array.from(ids), { skipSpecialTokens: true })).toBe("Output: cat");
     expect(neox.decode(Uint32Array.from([E_ACUTE]))).toBe("é");
+  });
+
+  it("round-trips text through encode and decode, bytes outside the merges included", () => {
+    const texts = [
+      "<image>Output: a cat on a mat.<|endofchunk|>",
+      "Question: what is it? Short answer: cat",
+      "café, naïve, 東京, 🐈",
+      "  leading spaces and\ttabs\nand lines",
+      "",
+    ];
+    for (const text of texts) {
+      const ids = neox.encode(text);
+      // (No " ." or " ,": decode applies transformers' clean-up, below.)
+      expect(neox.decode(ids), text).toBe(text);
+    }
+    const batch = neox.encodeBatch(texts, { padding: "left" });
+    expect(neox.decodeBatch({ data: batch.ids, shape: batch.shape }, { skipSpecialTokens: true })).toEqual(
+      texts.map((t) => t.replace("<image>", "").replace("<|endofchunk|>", "")),
+    );
   });
 
   it("applies transformers' clean-up of spaces before punctuation", () => {

@@ -5,7 +5,7 @@
 //! `TextTimes`), not fields toggled on the layers from outside as the reference's
 //! `condition_*` calls do (the source of its issue #308).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::flamingo::config::{CrossAttnConfig, PerceiverConfig};
 use crate::flamingo::cross_attn::{GatedCrossAttentionBlock, MediaKv};
 use crate::flamingo::perceiver::PerceiverResampler;
-use crate::io::checkpoint::FlamingoCheckpoint;
+use crate::io::checkpoint::{perceiver_keys, FlamingoCheckpoint, CROSS_ATTN_BLOCK_KEYS};
 use crate::io::{hf, MemoryTensors, Overlay, TensorSource, Weights};
 use crate::lm::{self, AttentionContext, CausalLm, KvCache, LmFamily, LmLoadOptions};
 use crate::vision::clip::{ClipVision, ClipVisionConfig, VisionOptions};
@@ -272,6 +272,11 @@ impl Flamingo {
                 ck.validate(&plan, spec.perceiver.depth, spec.strict)?;
                 report.ignored = ck.ignored.clone();
                 report.unexpected = ck.unexpected.clone();
+                // Strict mode has refused these already; non-strict, the reference's
+                // `load_state_dict(strict=False)` still lists them, and so must we.
+                report
+                    .unexpected
+                    .extend(unused_bridge_keys(ck, &plan, spec.perceiver.depth));
                 let perceiver_w = Weights::new(Arc::new(ck.perceiver.clone()), dtype, device);
                 let blocks: HashMap<usize, Weights> = plan
                     .iter()
@@ -706,6 +711,36 @@ impl Flamingo {
         };
         Ok(ForwardOutput { logits, loss })
     }
+}
+
+/// The checkpoint's bridge keys this model does not load: perceiver tensors it has no place
+/// for (e.g. layers beyond its depth), whole cross-attention blocks at layers outside the
+/// plan, and unknown keys inside planned blocks. Sorted within each group.
+fn unused_bridge_keys(
+    ck: &FlamingoCheckpoint,
+    plan: &[usize],
+    perceiver_depth: usize,
+) -> Vec<String> {
+    let expected: HashSet<String> = perceiver_keys(perceiver_depth).into_iter().collect();
+    let mut unused: Vec<String> = ck
+        .perceiver
+        .keys()
+        .into_iter()
+        .filter(|k| !expected.contains(k))
+        .map(|k| format!("perceiver.{k}"))
+        .collect();
+    unused.sort();
+    for (&layer, block) in &ck.cross_attn {
+        let planned = plan.contains(&layer);
+        let mut keys = block.keys();
+        keys.sort();
+        unused.extend(
+            keys.into_iter()
+                .filter(|k| !planned || !CROSS_ATTN_BLOCK_KEYS.contains(&k.as_str()))
+                .map(|k| ck.cross_attn_key(layer, &k)),
+        );
+    }
+    unused
 }
 
 /// The checkpoint name of cross-attention tensor `key` of the block before LM layer `i`.
