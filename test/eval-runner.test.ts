@@ -438,6 +438,7 @@ describe("evaluate's scoring, with a stand-in model that always says the same", 
     const model = {
       tokenizer,
       summary: () => ({ imageSize: 32 }),
+      imageOptions: () => ({ size: 32 }),
       generate: async (input: { langX: { shape: number[] } }) => {
         rows.push(input.langX.shape[0] as number);
         return { text: Array.from({ length: input.langX.shape[0] as number }, () => generated) };

@@ -3,7 +3,7 @@
  * layer plan, and hands plain typed arrays to the native engine; it does no numeric work.
  */
 
-import { fromNative, invalidInput } from "./errors.js";
+import { ErrorCode, FlamingoError, fromNative, invalidInput } from "./errors.js";
 import {
   type ContinuationScore,
   type GenerateInput,
@@ -19,7 +19,7 @@ import {
   stream,
   type TextCodec,
 } from "./generate.js";
-import type { ImageInput } from "./images.js";
+import type { ImageInput, ImageOptions } from "./images.js";
 import { type LayerPlan, planLayers } from "./layers.js";
 import type { NativeModel } from "./native.js";
 import { loadNative } from "./native.js";
@@ -92,10 +92,20 @@ export class Flamingo implements AsyncDisposable {
   /** Id of `<|endofchunk|>`: the default stop token of {@link generate}. */
   readonly #endOfChunk: number;
 
-  private constructor(native: NativeModel, plan: LayerPlan, endOfChunk: number, tokenizer?: Tokenizer) {
+  /** How this model's images are preprocessed (see {@link Flamingo.imageOptions}). */
+  readonly #imageOptions: ImageOptions;
+
+  private constructor(
+    native: NativeModel,
+    plan: LayerPlan,
+    endOfChunk: number,
+    imageOptions: ImageOptions,
+    tokenizer?: Tokenizer,
+  ) {
     this.#native = native;
     this.plan = plan;
     this.#endOfChunk = endOfChunk;
+    this.#imageOptions = imageOptions;
     this.tokenizer = tokenizer;
   }
 
@@ -152,7 +162,16 @@ export class Flamingo implements AsyncDisposable {
     } catch (error) {
       throw fromNative(error);
     }
-    return new Flamingo(native, plan, tokens.endOfChunk, tokenizer);
+    const imageSize = (native.summary() as ModelSummary).imageSize;
+    const { size = imageSize, ...normalization } = o.preprocess ?? {};
+    if (size !== imageSize) {
+      await native.dispose();
+      throw new FlamingoError(
+        ErrorCode.Config,
+        `preprocess.size is ${size}, but the vision tower in ${o.vision} takes ${imageSize}×${imageSize} images`,
+      );
+    }
+    return new Flamingo(native, plan, tokens.endOfChunk, { ...normalization, size }, tokenizer);
   }
 
   /**
@@ -237,11 +256,22 @@ export class Flamingo implements AsyncDisposable {
     return score(this.#generation(), input, options);
   }
 
-  /** What captioning and VQA need: the tokenizer, the image size, generation. */
+  /**
+   * How this model's images are preprocessed: its vision tower's input `size`, and the
+   * `mean`/`std` it was trained with when they are not OpenAI CLIP's (from `preprocess` in
+   * {@link LoadOptions}, or a model folder's `flamingo.json`). Pass it to {@link loadImage}
+   * or {@link encodePrompts}; `caption` and `vqa` use it.
+   */
+  imageOptions(): ImageOptions {
+    const { mean, std, ...rest } = this.#imageOptions;
+    return { ...rest, ...(mean && { mean: [...mean] }), ...(std && { std: [...std] }) };
+  }
+
+  /** What captioning and VQA need: the tokenizer, the image preprocessing, generation. */
   #task(): TaskHost {
     return {
       tokenizer: this.tokenizer,
-      imageSize: this.summary().imageSize,
+      imageOptions: this.imageOptions(),
       generate: (input, options) => this.generate(input, options),
     };
   }

@@ -6,6 +6,7 @@
 
 import { z } from "zod";
 
+import { ImageOptionsSchema } from "./images.js";
 import { Tokenizer } from "./tokenizer.js";
 
 const positiveInt = z.number().int().positive();
@@ -135,6 +136,12 @@ const loadOptionsShape = {
   strict: z.boolean().optional(),
   /** Seed of the fresh initialisation when there is no checkpoint. Default: 0. */
   seed: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).optional(),
+  /**
+   * How this model's images are preprocessed (`size`, `mean`, `std`), used by `caption`,
+   * `vqa` and {@link Flamingo.imageOptions}. `size` must be the vision tower's input side.
+   * Default: the vision tower's side and OpenAI CLIP's mean/std (the releases).
+   */
+  preprocess: ImageOptionsSchema.pick({ size: true, mean: true, std: true }).optional(),
 };
 /** Options of {@link Flamingo.load}: where the model's files are and how to assemble it. */
 export const LoadOptionsSchema: Strict<typeof loadOptionsShape> = z

@@ -86,8 +86,12 @@ export async function pretrainedLoadOptions(idOrDir: string, options: FromPretra
   if (resolved.checkpoint !== undefined) load.checkpoint = resolved.checkpoint;
   const layersPath = decoderLayersPath ?? resolved.decoderLayersPath;
   if (layersPath !== undefined) load.decoderLayersPath = layersPath;
-  if (perceiver !== undefined) load.perceiver = perceiver;
-  if (crossAttentionBlock !== undefined) load.crossAttentionBlock = crossAttentionBlock;
+  // The folder's own settings (flamingo.json) unless overridden.
+  const perceiverOptions = perceiver ?? resolved.perceiver;
+  if (perceiverOptions !== undefined) load.perceiver = perceiverOptions;
+  const blockOptions = crossAttentionBlock ?? resolved.crossAttentionBlock;
+  if (blockOptions !== undefined) load.crossAttentionBlock = blockOptions;
+  if (resolved.preprocess !== undefined) load.preprocess = resolved.preprocess;
   if (visionPostLayernorm !== undefined) load.visionPostLayernorm = visionPostLayernorm;
   if (strict !== undefined) load.strict = strict;
   if (seed !== undefined) load.seed = seed;

@@ -318,7 +318,7 @@ const taskShape = {
   lengthPenalty: generationShape.lengthPenalty,
   /** Show the demonstrations as text only (the reference's zero-shot protocol). Default: `false`. */
   textOnlyDemos,
-  /** How the images are preprocessed. Default: the reference's transform at the model's image size. */
+  /** How the images are preprocessed. Default: the model's ({@link Flamingo.imageOptions}): its image size, mean and std. */
   image: ImageOptionsSchema.omit({ size: true }).optional(),
 };
 
@@ -347,8 +347,8 @@ export type VqaOptions = z.input<typeof VqaOptionsSchema>;
 /** What captioning and VQA need from a model. */
 export interface TaskHost {
   tokenizer: Tokenizer | undefined;
-  /** The vision tower's input side. */
-  imageSize: number;
+  /** The model's image preprocessing (its vision tower's side, its mean and std). */
+  imageOptions: ImageOptions;
   generate(input: GenerateInput, options: GenerationOptions): Promise<GenerationResult>;
 }
 
@@ -370,7 +370,10 @@ async function generateTexts(
   generation: GenerationOptions,
   image: ImageOptions | undefined,
 ): Promise<string[]> {
-  const input = await encodePrompts(tokenizer, prompts, { padding: "left", image: { ...image, size: host.imageSize } });
+  const input = await encodePrompts(tokenizer, prompts, {
+    padding: "left",
+    image: { ...host.imageOptions, ...image, size: host.imageOptions.size },
+  });
   const result = await host.generate(
     { visionX: input.visionX, langX: input.langX, attentionMask: input.attentionMask },
     generation,

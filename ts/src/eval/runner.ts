@@ -14,7 +14,7 @@ import { z } from "zod";
 
 import { ErrorCode, FlamingoError, invalidInput } from "../errors.js";
 import { AbortError } from "../generate.js";
-import type { ImageInput } from "../images.js";
+import type { ImageInput, ImageOptions } from "../images.js";
 import { preprocessImages } from "../images.js";
 import type { Flamingo } from "../model.js";
 import {
@@ -325,7 +325,8 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
   }
 
   const summary = o.model.summary();
-  const imageSize = summary.imageSize;
+  // The model's preprocessing: its image size, and the mean/std its flamingo.json names.
+  const imageOptions = o.model.imageOptions();
   const decoding =
     kind === "classification"
       ? null
@@ -369,7 +370,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
             item as ClassificationItem,
             demosOf[position] as ClassificationItem[],
             shots,
-            imageSize,
+            imageOptions,
             o.signal,
           ),
         );
@@ -380,7 +381,7 @@ export async function evaluate(options: EvaluateOptions): Promise<EvalReport> {
           ? captionItemPrompt(item as CaptionItem, demosOf[position] as CaptionItem[], shots)
           : vqaItemPrompt(item as VqaItem, demosOf[position] as VqaItem[], shots),
       );
-      const texts = await generateBatch(o.model, tokenizer, prompts, imageSize, decoding, o.signal);
+      const texts = await generateBatch(o.model, tokenizer, prompts, imageOptions, decoding, o.signal);
       batch.forEach(({ item, position }, b) => {
         const text = texts[b] ?? "";
         const demos = (demosOf[position] ?? []).map((d) => d.id);
@@ -443,11 +444,11 @@ async function generateBatch(
   model: Flamingo,
   tokenizer: Tokenizer,
   prompts: Prompt[],
-  imageSize: number,
+  imageOptions: ImageOptions,
   decoding: { numBeams: number; lengthPenalty: number; maxNewTokens: number } | null,
   signal: AbortSignal | undefined,
 ): Promise<string[]> {
-  const input = await encodePrompts(tokenizer, prompts, { padding: "left", image: { size: imageSize } });
+  const input = await encodePrompts(tokenizer, prompts, { padding: "left", image: imageOptions });
   const result = await model.generate(
     { visionX: input.visionX, langX: input.langX, attentionMask: input.attentionMask },
     { ...decoding, minNewTokens: 0, ...(signal ? { signal } : {}) },
@@ -481,11 +482,11 @@ async function classify(
   item: ClassificationItem,
   demos: readonly ClassificationItem[],
   shots: number,
-  imageSize: number,
+  imageOptions: ImageOptions,
   signal: AbortSignal | undefined,
 ): Promise<ClassificationPrediction> {
   const { text: context, images } = classificationPrompt(item, demos, shots);
-  const visionX = await preprocessImages([images], { size: imageSize });
+  const visionX = await preprocessImages([images], imageOptions);
   const scores = await model.score(
     { visionX, context, continuations: [...HATEFUL_MEMES_CLASSES] },
     signal ? { signal } : {},

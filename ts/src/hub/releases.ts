@@ -9,7 +9,17 @@ import { basename, join, resolve } from "node:path";
 import { prettifyError, z } from "zod";
 
 import { ErrorCode, FlamingoError, invalidInput } from "../errors.js";
-import { type CrossAttentionPlan, CrossAttentionPlanSchema, type Tokens, TokensSchema } from "../options.js";
+import {
+  type CrossAttentionBlockOptions,
+  CrossAttentionBlockOptionsSchema,
+  type CrossAttentionPlan,
+  CrossAttentionPlanSchema,
+  type LoadOptions,
+  type PerceiverOptions,
+  PerceiverOptionsSchema,
+  type Tokens,
+  TokensSchema,
+} from "../options.js";
 import { isFile } from "./cache.js";
 import { type HubOptions, HubOptionsSchema, snapshotDownload } from "./download.js";
 
@@ -183,6 +193,16 @@ const manifestShape = {
   tokens: TokensSchema.optional(),
   /** Vocabulary rows. Default: the named release's. */
   vocabSize: z.number().int().positive().optional(),
+  /** Side of the model's square input images. Default: the vision tower's. */
+  imageSize: z.number().int().positive().optional(),
+  /** The per-channel `mean` and `std` the model's images are normalised with. Default: OpenAI CLIP's. */
+  preprocess: z
+    .object({ mean: z.tuple([z.number(), z.number(), z.number()]), std: z.tuple([z.number(), z.number(), z.number()]) })
+    .optional(),
+  /** Perceiver hyper-parameters the checkpoint was trained with. Default: the reference's. */
+  perceiver: PerceiverOptionsSchema.optional(),
+  /** Cross-attention block hyper-parameters the checkpoint was trained with. Default: the reference's. */
+  crossAttentionBlock: CrossAttentionBlockOptionsSchema.optional(),
   /** Free text for people. */
   note: z.string().optional(),
 };
@@ -230,6 +250,12 @@ export interface ResolvedRelease {
   decoderLayersPath?: string;
   /** Whether the special-token embedding rows were trained, when known. */
   embeddingRowsTrained?: boolean;
+  /** How the model's images are preprocessed, when its folder says. */
+  preprocess?: NonNullable<LoadOptions["preprocess"]>;
+  /** Perceiver hyper-parameters, when its folder says. */
+  perceiver?: PerceiverOptions;
+  /** Cross-attention block hyper-parameters, when its folder says. */
+  crossAttentionBlock?: CrossAttentionBlockOptions;
 }
 
 /**
@@ -341,6 +367,12 @@ async function resolveFolder(dir: string, crossAttention: CrossAttentionPlan | u
   if (tokens !== undefined) resolved.tokens = { ...tokens };
   const vocabSize = manifest.vocabSize ?? known?.vocabSize;
   if (vocabSize !== undefined) resolved.vocabSize = vocabSize;
+  if (manifest.imageSize !== undefined || manifest.preprocess !== undefined) {
+    resolved.preprocess = { ...manifest.preprocess };
+    if (manifest.imageSize !== undefined) resolved.preprocess.size = manifest.imageSize;
+  }
+  if (manifest.perceiver !== undefined) resolved.perceiver = manifest.perceiver;
+  if (manifest.crossAttentionBlock !== undefined) resolved.crossAttentionBlock = manifest.crossAttentionBlock;
   if (known !== undefined) {
     resolved.release = known.id;
     resolved.decoderLayersPath = known.decoderLayersPath;
