@@ -274,3 +274,20 @@ impl FlamingoModel {
         Ok(promise)
     }
 }
+
+/// The CUDA devices this build can use: always 0 in a CPU build; in a CUDA build, what the
+/// driver reports (0 when no driver or device is there). The TypeScript loader asks before it
+/// picks a CUDA build, and falls back to the CPU build when this is 0.
+#[napi]
+pub fn cuda_device_count() -> u32 {
+    #[cfg(feature = "cuda")]
+    {
+        candle_core::cuda_backend::cudarc::driver::CudaContext::device_count()
+            .map(|n| n.max(0) as u32)
+            .unwrap_or(0)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
+}

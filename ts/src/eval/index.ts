@@ -13,7 +13,47 @@ export {
 } from "./caption-metrics.js";
 export { type CaptionSample, CaptionSampleSchema, type TokenizedCaptions } from "./captions.js";
 export { type CiderOptions, CiderOptionsSchema, type CiderResult, cider } from "./cider.js";
+export { EVAL_USAGE, type EvalCommandIo, loadEvalData, runEvalCommand } from "./cli.js";
+export {
+  type CaptionItem,
+  type ClassificationItem,
+  defaultVqaImagePath,
+  HatefulMemesLineSchema,
+  KarpathyFileSchema,
+  type KarpathyImage,
+  type LoadCaptionsOptions,
+  type LoadHatefulMemesOptions,
+  type LoadVqaOptions,
+  loadCaptionDataset,
+  loadHatefulMemes,
+  loadVqaDataset,
+  type Split,
+  VqaAnnotationsFileSchema,
+  type VqaDatasetName,
+  type VqaItem,
+  type VqaQuestion,
+  VqaQuestionsFileSchema,
+} from "./datasets.js";
+export { EvalErrorCode } from "./errors.js";
 export { PTB_PUNCTUATION, ptbTokenize, runPtbTokenizer } from "./ptb-tokenize.js";
+export { rocAuc } from "./roc-auc.js";
+export {
+  type CaptionPrediction,
+  type ClassificationPrediction,
+  EVAL_TASKS,
+  type EvalData,
+  type EvalMetrics,
+  type EvalReport,
+  type EvalTask,
+  type EvaluateOptions,
+  EvaluateOptionsSchema,
+  type EvaluateProgress,
+  evaluate,
+  hatefulMemesPrompt,
+  type Prediction,
+  postprocessOkVqa,
+  type VqaPrediction,
+} from "./runner.js";
 export {
   normalizeVqaAnswer,
   processDigitArticle,
