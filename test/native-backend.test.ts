@@ -98,3 +98,11 @@ describe("native backend selection", () => {
     expect(() => backendPreference("gpu")).toThrow(/cpu, cuda or auto/);
   });
 });
+
+describe("the real CPU build", () => {
+  it("reports no CUDA devices, so the loader never mistakes it for a usable CUDA build", async () => {
+    const { loadNative } = await import("../ts/src/native.js");
+    const native = loadNative() as unknown as { cudaDeviceCount: () => number };
+    expect(native.cudaDeviceCount()).toBe(0);
+  });
+});
