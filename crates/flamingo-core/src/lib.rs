@@ -4,6 +4,7 @@
 //! resampler and gated cross-attention blocks injected before chosen decoder layers.
 //! Pure Rust, no Node types: the N-API binding in `bindings/node` is a thin layer over this.
 
+pub mod demo;
 pub mod error;
 pub mod flamingo;
 pub mod generate;
