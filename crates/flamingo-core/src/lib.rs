@@ -13,6 +13,7 @@ pub mod io;
 pub mod lm;
 pub mod nn;
 pub mod text;
+pub mod train;
 pub mod vision;
 
 pub use error::{Error, Result};

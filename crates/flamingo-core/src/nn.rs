@@ -5,8 +5,18 @@
 //! is tracked by autograd (`Tensor::track_op`), and the differentiable composition
 //! otherwise, so inference stays fast and training paths get exact gradients without a
 //! mode flag threaded through every call.
+//!
+//! `Linear` likewise keeps frozen weights out of the gradient store: under a tracked input
+//! it multiplies by an untracked weight through a custom op whose backward yields only the
+//! input's gradient (candle-napi-notes §B5).
 
-use candle_core::{DType, Module, Tensor, D};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::backend::BackendStorage;
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, DType, Layout, MetalStorage, Module, Shape, Storage,
+    Tensor, D,
+};
 
 use crate::io::Weights;
 use crate::Result;
@@ -56,13 +66,110 @@ impl Linear {
             .expect("linear input has at least one dimension");
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let flat = x.reshape((rows, in_dim))?;
-        let mut y = flat.matmul(&self.weight.t()?)?;
+        // A frozen weight under a tracked input: candle's matmul backward would also compute
+        // and keep a weight-sized gradient until backward ends (candle-napi-notes §B5), for
+        // every LM layer after the first cross-attention block. The custom op returns only
+        // the input's gradient. Inference (nothing tracked) keeps the plain matmul.
+        let frozen_under_tracked_input = flat.track_op()
+            && !self.weight.track_op()
+            && !MATERIALISE_FROZEN_WEIGHT_GRADS.load(Ordering::Relaxed);
+        let mut y = if frozen_under_tracked_input {
+            flat.apply_op1(FrozenMatmul {
+                weight: self.weight.clone(),
+            })?
+        } else {
+            flat.matmul(&self.weight.t()?)?
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.out_dim();
         Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// Measurements only: `true` sends frozen weights through candle's plain matmul again, so
+/// that their gradient buffers are materialised as before the fix (to report the memory
+/// the fix saves). Never set in normal use.
+#[doc(hidden)]
+pub static MATERIALISE_FROZEN_WEIGHT_GRADS: AtomicBool = AtomicBool::new(false);
+
+/// `x · Wᵀ` for a 2-D `x` `(rows, in)` and a weight `W` `(out, in)` that autograd does not
+/// track. The forward is the very storage-level matmul `Tensor::matmul` runs (same kernel,
+/// same layouts, so bit-identical results); the backward returns only `grad · W`, so no
+/// `(out, in)` gradient is ever allocated for the frozen weight.
+struct FrozenMatmul {
+    weight: Tensor,
+}
+
+impl FrozenMatmul {
+    /// `(batch, m, n, k)` for candle's `BackendStorage::matmul`, after checking the shapes.
+    fn dims(&self, x: &Layout) -> candle_core::Result<(usize, usize, usize, usize)> {
+        let (rows, k) = x.shape().dims2()?;
+        let (n, k2) = self.weight.dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen linear: input has {k} features, the weight expects {k2}")
+        }
+        Ok((1, rows, n, k))
+    }
+}
+
+impl CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dims = self.dims(layout)?;
+        let wt = self.weight.t()?;
+        let (w_storage, w_layout) = wt.storage_and_layout();
+        let Storage::Cpu(w) = &*w_storage else {
+            candle_core::bail!("frozen linear: the input is on the CPU but the weight is not")
+        };
+        let out = storage.matmul(w, dims, layout, w_layout)?;
+        Ok((out, Shape::from((dims.1, dims.2))))
+    }
+
+    fn cuda_fwd(
+        &self,
+        storage: &CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let dims = self.dims(layout)?;
+        let wt = self.weight.t()?;
+        let (w_storage, w_layout) = wt.storage_and_layout();
+        let Storage::Cuda(w) = &*w_storage else {
+            candle_core::bail!("frozen linear: the input is on a CUDA device but the weight is not")
+        };
+        let out = storage.matmul(w, dims, layout, w_layout)?;
+        Ok((out, Shape::from((dims.1, dims.2))))
+    }
+
+    fn metal_fwd(
+        &self,
+        storage: &MetalStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(MetalStorage, Shape)> {
+        let dims = self.dims(layout)?;
+        let wt = self.weight.t()?;
+        let (w_storage, w_layout) = wt.storage_and_layout();
+        let Storage::Metal(w) = &*w_storage else {
+            candle_core::bail!(
+                "frozen linear: the input is on a Metal device but the weight is not"
+            )
+        };
+        let out = storage.matmul(w, dims, layout, w_layout)?;
+        Ok((out, Shape::from((dims.1, dims.2))))
+    }
+
+    /// `d(x Wᵀ)/dx = grad · W`, exactly what candle's matmul backward gives the left operand.
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.weight)?))
     }
 }
 

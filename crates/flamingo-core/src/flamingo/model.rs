@@ -168,6 +168,7 @@ fn lm_family_of(cfg_path: &Path, raw: &serde_json::Value) -> Result<(LmFamily, S
         "opt" => LmFamily::Opt,
         "gpt_neox" => LmFamily::GptNeox,
         "mpt" | "mosaic_gpt" => LmFamily::Mpt,
+        "gptj" => LmFamily::GptJ,
         other => {
             return Err(Error::UnsupportedModel {
                 model_type: other.to_string(),
@@ -805,6 +806,20 @@ fn select_lm_overrides(
                     return Err(Error::Checkpoint(format!(
                         "checkpoint tensor lang_encoder.{key} has shape {shape:?} but the LM's {key} has shape {base_shape:?} (is this checkpoint for another LM or tokenizer?)"
                     )));
+                }
+                // The LM loaders read the file's row count and resize after loading. For a
+                // shrink (the releases: 50432 → 50280) hand them the checkpoint's rows followed
+                // by the file's own surplus rows, which the resize then drops: the result is
+                // exactly the checkpoint's matrix, as the reference's resize-then-load gives.
+                if shape[0] < base_shape[0] && shape[1..] == base_shape[1..] {
+                    let surplus = base
+                        .load(&key)?
+                        .narrow(0, shape[0], base_shape[0] - shape[0])?
+                        .to_dtype(t.dtype())?;
+                    let padded = Tensor::cat(&[&t, &surplus], 0)?;
+                    report.lm_overrides.push(key.clone());
+                    selected.insert(key, padded);
+                    continue;
                 }
                 true
             }

@@ -49,7 +49,8 @@ pub fn process(
 
 /// Tokens that would repeat an n-gram already present in `history` (HF `NoRepeatNGramLogitsProcessor`).
 pub fn banned_ngram_tokens(history: &[u32], n: usize) -> Vec<u32> {
-    if n == 0 || history.len() + 1 < n {
+    // No complete n-gram exists yet: nothing to ban.
+    if n == 0 || history.len() < n {
         return Vec::new();
     }
     let prefix = &history[history.len() + 1 - n..];

@@ -9,6 +9,7 @@ pub mod attention;
 pub mod cache;
 pub mod config;
 pub mod gpt_neox;
+pub mod gptj;
 pub mod llama;
 pub mod mpt;
 pub mod opt;
@@ -33,6 +34,8 @@ pub enum LmFamily {
     GptNeox,
     /// HF `MptForCausalLM` (MPT-7B) and MosaicML's `MosaicGPT` (MPT-1B, QK-LayerNorm).
     Mpt,
+    /// HF `GPTJForCausalLM` (GPT-J-6B).
+    GptJ,
 }
 
 impl LmFamily {
@@ -43,6 +46,7 @@ impl LmFamily {
             LmFamily::Opt => "model.decoder.layers",
             LmFamily::GptNeox => "gpt_neox.layers",
             LmFamily::Mpt => "transformer.blocks",
+            LmFamily::GptJ => "transformer.h",
         }
     }
 }
@@ -168,7 +172,7 @@ pub fn load_lm(dir: &Path, weights: &Weights, opts: &LmLoadOptions) -> Result<Bo
     load_lm_from_config(&cfg_path, &raw, weights, opts)
 }
 
-pub const SUPPORTED_MODEL_TYPES: &str = "llama, opt, gpt_neox, mpt, mosaic_gpt";
+pub const SUPPORTED_MODEL_TYPES: &str = "llama, opt, gpt_neox, mpt, mosaic_gpt, gptj";
 
 /// Dispatches on `model_type` (config.json). `cfg_path` is used in error messages.
 pub fn load_lm_from_config(
@@ -186,6 +190,7 @@ pub fn load_lm_from_config(
         "opt" => Box::new(opt::Opt::load(cfg_path, raw, weights, opts)?),
         "gpt_neox" => Box::new(gpt_neox::GptNeox::load(cfg_path, raw, weights, opts)?),
         "mpt" | "mosaic_gpt" => Box::new(mpt::Mpt::load(cfg_path, raw, weights, opts)?),
+        "gptj" => Box::new(gptj::GptJ::load(cfg_path, raw, weights, opts)?),
         other => {
             return Err(Error::UnsupportedModel {
                 model_type: other.to_string(),
