@@ -91,8 +91,12 @@ pub fn tokenizer_config_json() -> serde_json::Value {
 #[serde(untagged)]
 pub enum CrossAttentionPlan {
     #[serde(rename_all = "camelCase")]
-    EveryNLayers { every_n_layers: usize },
-    Layers { layers: Vec<usize> },
+    EveryNLayers {
+        every_n_layers: usize,
+    },
+    Layers {
+        layers: Vec<usize>,
+    },
 }
 
 impl CrossAttentionPlan {
@@ -243,7 +247,12 @@ impl DemoModel {
     /// Greedy captions (post-processed as the reference's evaluation does) for a batch of
     /// requests with the same number of demos each.
     pub fn caption(&self, requests: &[CaptionRequest]) -> Result<Vec<String>> {
-        caption_batch(&self.model, &self.tokenizer, &self.manifest.preprocess_config(), requests)
+        caption_batch(
+            &self.model,
+            &self.tokenizer,
+            &self.manifest.preprocess_config(),
+            requests,
+        )
     }
 }
 
@@ -265,7 +274,11 @@ pub fn pixel_values(rows: &[Vec<&[u8]>], cfg: &PreprocessConfig) -> Result<Tenso
         }
         data.extend(preprocess_raw(img, s, s, 3, cfg)?);
     }
-    Ok(Tensor::from_vec(data, (rows.len(), t, 1, 3, s, s), &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        data,
+        (rows.len(), t, 1, 3, s, s),
+        &Device::Cpu,
+    )?)
 }
 
 /// Greedy captioning with the reference's format: demos `"<image>Output:{caption}<|endofchunk|>"`

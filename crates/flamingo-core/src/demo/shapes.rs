@@ -341,10 +341,15 @@ impl Scene {
         let mut noise = StdRng::seed_from_u64(self.noise_seed);
         let amp = self.noise as i32;
         let fg = self.rgb.map(|c| c as f32);
+        let outlines: Vec<Outline> = self
+            .objects
+            .iter()
+            .map(|o| Outline::new(self.caption.shape, o))
+            .collect();
         for y in 0..n {
             for x in 0..n {
                 let bg = self.background_at(x, y);
-                let cover = self.coverage(x, y);
+                let cover = coverage(&outlines, x, y);
                 let px = &mut out[(y * n + x) * 3..(y * n + x) * 3 + 3];
                 for c in 0..3 {
                     let v = bg[c] * (1.0 - cover) + fg[c] * cover;
@@ -366,48 +371,73 @@ impl Scene {
             }
         }
     }
+}
 
-    /// Fraction of pixel `(x, y)` covered by an object (4×4 supersampling).
-    fn coverage(&self, x: usize, y: usize) -> f32 {
-        let (px, py) = (x as f32, y as f32);
-        let near = self.objects.iter().filter(|o| {
-            (o.cx - px - 0.5).abs() <= o.radius + 1.0 && (o.cy - py - 0.5).abs() <= o.radius + 1.0
-        });
-        let mut hits = 0u32;
-        let mut any = false;
-        for o in near {
-            any = true;
-            for sy in 0..4 {
-                for sx in 0..4 {
-                    let qx = px + (sx as f32 + 0.5) / 4.0;
-                    let qy = py + (sy as f32 + 0.5) / 4.0;
-                    if contains(self.caption.shape, o, qx, qy) {
-                        hits += 1;
-                    }
+/// Fraction of pixel `(x, y)` covered by an object (4×4 supersampling).
+fn coverage(outlines: &[Outline], x: usize, y: usize) -> f32 {
+    let (px, py) = (x as f32, y as f32);
+    let mut hits = 0u32;
+    for o in outlines.iter().filter(|o| o.near(px + 0.5, py + 0.5)) {
+        for sy in 0..4 {
+            for sx in 0..4 {
+                let qx = px + (sx as f32 + 0.5) / 4.0;
+                let qy = py + (sy as f32 + 0.5) / 4.0;
+                if o.contains(qx, qy) {
+                    hits += 1;
                 }
             }
         }
-        if any {
-            (hits as f32 / 16.0).min(1.0)
-        } else {
-            0.0
-        }
     }
+    (hits as f32 / 16.0).min(1.0)
 }
 
-/// Whether point `(x, y)` (pixel coordinates, y down) lies inside object `o` of `shape`.
-/// Shapes are scaled so that their areas are comparable at one circumradius.
-fn contains(shape: Shape, o: &Object, x: f32, y: f32) -> bool {
-    // Into the object's frame: centred, unrotated, y up.
-    let (dx, dy) = (x - o.cx, o.cy - y);
-    let (s, c) = o.rotation.sin_cos();
-    let (u, v) = (dx * c + dy * s, -dx * s + dy * c);
-    let r = o.radius;
-    match shape {
-        Shape::Circle => u * u + v * v <= (0.85 * r) * (0.85 * r),
-        Shape::Square => u.abs() <= 0.7 * r && v.abs() <= 0.7 * r,
-        Shape::Triangle => in_polygon(&regular_polygon(3, r, r), u, v),
-        Shape::Star => in_polygon(&regular_polygon(5, r, 0.45 * r), u, v),
+/// An object ready for point tests: its frame and, for polygons, its vertices. Shapes are
+/// scaled so that their areas are comparable at one circumradius.
+struct Outline {
+    shape: Shape,
+    object: Object,
+    sin: f32,
+    cos: f32,
+    polygon: Vec<(f32, f32)>,
+}
+
+impl Outline {
+    fn new(shape: Shape, o: &Object) -> Self {
+        let (sin, cos) = o.rotation.sin_cos();
+        let r = o.radius;
+        let polygon = match shape {
+            Shape::Triangle => regular_polygon(3, r, r),
+            Shape::Star => regular_polygon(5, r, 0.45 * r),
+            Shape::Circle | Shape::Square => Vec::new(),
+        };
+        Self {
+            shape,
+            object: *o,
+            sin,
+            cos,
+            polygon,
+        }
+    }
+
+    /// Whether the pixel centred at `(x, y)` can touch the object.
+    fn near(&self, x: f32, y: f32) -> bool {
+        let o = &self.object;
+        (o.cx - x).abs() <= o.radius + 1.0 && (o.cy - y).abs() <= o.radius + 1.0
+    }
+
+    /// Whether point `(x, y)` (pixel coordinates, y down) lies inside the object.
+    fn contains(&self, x: f32, y: f32) -> bool {
+        let o = &self.object;
+        // Into the object's frame: centred, unrotated, y up.
+        let (dx, dy) = (x - o.cx, o.cy - y);
+        let (s, c) = (self.sin, self.cos);
+        let (u, v) = (dx * c + dy * s, -dx * s + dy * c);
+        let r = o.radius;
+        match self.shape {
+            Shape::Circle => u * u + v * v <= (0.85 * r) * (0.85 * r),
+            Shape::Square => u.abs() <= 0.7 * r && v.abs() <= 0.7 * r,
+            Shape::Triangle | Shape::Star => in_polygon(&self.polygon, u, v),
+        }
     }
 }
 
@@ -447,6 +477,8 @@ pub struct Sample {
     /// RGB8, row-major, `size × size × 3`.
     pub pixels: Vec<u8>,
     pub size: usize,
+    /// Where the objects were drawn (for dense training targets).
+    pub objects: Vec<Object>,
 }
 
 /// The generator of sample `index` of the set with `seed` (SplitMix64 of both, so nearby
@@ -475,6 +507,7 @@ pub fn sample_for(caption: Caption, rng: &mut StdRng, size: usize) -> Sample {
         caption,
         pixels: scene.render(),
         size,
+        objects: scene.objects,
     }
 }
 
