@@ -10,7 +10,9 @@
 pub mod beam;
 pub mod config;
 pub mod logits;
+pub mod score;
 pub mod session;
 
 pub use config::GenerationConfig;
+pub use score::{score_continuations, ContinuationScore};
 pub use session::{GenerationResult, GenerationSession, StepOutput};
