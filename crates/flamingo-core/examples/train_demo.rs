@@ -121,6 +121,7 @@ const QUICK: Schedule = Schedule {
 };
 
 const EVAL_IMAGES: usize = 200;
+const SAMPLE_FILES: usize = 8;
 
 fn main() {
     if let Err(e) = run() {
@@ -234,7 +235,7 @@ fn run() -> Result<()> {
     extra.insert(
         "training".into(),
         serde_json::json!({
-            "command": "cargo run --release -p flamingo-core --example train_demo -- models/default",
+            "command": reproduce_command(&args),
             "device": "cpu",
             "threads": 1,
             "machineCpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -263,6 +264,23 @@ fn run() -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// The command that rebuilds this folder as `models/default`, with this run's options.
+fn reproduce_command(args: &[String]) -> String {
+    let options: Vec<&str> = args
+        .windows(2)
+        .filter(|w| w[0] == "--set")
+        .flat_map(|w| ["--set", w[1].as_str()])
+        .chain(args.iter().filter(|a| *a == "--quick").map(String::as_str))
+        .collect();
+    let mut command =
+        "cargo run --release -p flamingo-core --example train_demo -- models/default".to_string();
+    for o in options {
+        command.push(' ');
+        command.push_str(o);
+    }
+    command
 }
 
 // ---------------------------------------------------------------------------------------
@@ -313,16 +331,17 @@ fn write_manifest(
     write_json(&out.join("flamingo.json"), &value)
 }
 
-/// A few held-out images with their captions, to try the model on.
+/// Held-out images (from a seed no stage trains on) as PNG files with their captions in
+/// `samples.json`, so that the TypeScript demo and the README caption real files.
 fn write_samples(out: &Path) -> Result<()> {
     let dir = out.join("samples");
     create_dir(&dir)?;
     let mut index = Vec::new();
-    for (i, s) in shapes::samples(SEED_SAMPLES, 0, 6, IMAGE_SIZE)
+    for (i, s) in shapes::samples(SEED_SAMPLES, 0, SAMPLE_FILES, IMAGE_SIZE)
         .into_iter()
         .enumerate()
     {
-        let name = format!("{i}.png");
+        let name = format!("{i:02}.png");
         let path = dir.join(&name);
         let file = std::fs::File::create(&path).map_err(|e| flamingo_core::Error::io(&path, e))?;
         let mut enc =
@@ -334,7 +353,7 @@ fn write_samples(out: &Path) -> Result<()> {
             .map_err(|e| flamingo_core::Error::io(&path, std::io::Error::other(e)))?;
         index.push(serde_json::json!({"file": name, "caption": s.caption.text()}));
     }
-    write_json(&dir.join("index.json"), &serde_json::Value::Array(index))
+    write_json(&dir.join("samples.json"), &serde_json::Value::Array(index))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -663,6 +682,10 @@ const HEADS: [(&str, usize); 3] = [
     ("shape", shapes::Shape::ALL.len()),
 ];
 
+/// Per-patch heads: `patch`, the shape covering the patch's centre (0: background), and
+/// `centre`, whether an object's centre falls in the patch.
+const PATCH_HEADS: [(&str, usize); 2] = [("patch", 1 + shapes::Shape::ALL.len()), ("centre", 2)];
+
 fn vision_init(rng: &mut StdRng, dev: &Device) -> Result<HashMap<String, Tensor>> {
     let (d, p) = (VISION_WIDTH, PATCH);
     let patches = (IMAGE_SIZE / p) * (IMAGE_SIZE / p);
@@ -709,10 +732,7 @@ fn vision_init(rng: &mut StdRng, dev: &Device) -> Result<HashMap<String, Tensor>
     // one on every patch token saying which shape has its centre there (if any): dense
     // targets teach the small tower local shape features many times faster than the global
     // labels alone, and make the count readable as "how many tokens hold a centre".
-    for (name, classes) in HEADS
-        .iter()
-        .chain(&[("patch", 1 + shapes::Shape::ALL.len())])
-    {
+    for (name, classes) in HEADS.iter().chain(&PATCH_HEADS) {
         let (name, classes) = (*name, *classes);
         t.insert(
             format!("head.{name}.weight"),
@@ -760,15 +780,11 @@ fn vision_heads(tensors: HashMap<String, Tensor>, x: &Tensor) -> Result<Vec<Tens
         })
         .collect::<Result<Vec<_>>>()?;
     let (n, p, d) = tokens.dims3()?;
-    let per_patch = Linear::load(
-        &w.pp("head"),
-        "patch",
-        d,
-        1 + shapes::Shape::ALL.len(),
-        true,
-    )?
-    .forward(&norm.forward(&tokens)?)?;
-    logits.push(per_patch.reshape((n * p, 1 + shapes::Shape::ALL.len()))?);
+    let normed = norm.forward(&tokens)?;
+    for (name, classes) in PATCH_HEADS {
+        let per_patch = Linear::load(&w.pp("head"), name, d, classes, true)?.forward(&normed)?;
+        logits.push(per_patch.reshape((n * p, classes))?);
+    }
     Ok(logits)
 }
 
@@ -778,14 +794,27 @@ fn targets(samples: &[&Sample]) -> Result<Vec<Tensor>> {
         let v: Vec<u32> = samples.iter().map(|s| f(&s.caption) as u32).collect();
         Ok(Tensor::from_vec(v, samples.len(), &dev)?)
     };
-    // Per patch: 0, or 1 + the shape index where an object's centre falls.
+    // Per patch: 1 + the shape index where the patch's centre lies inside an object (0:
+    // background), and 1 where an object's centre falls. Every covered patch is a positive
+    // example, so local shape features are learnt from many patches per image, and counting
+    // becomes "how many tokens hold a centre".
     let grid = IMAGE_SIZE / PATCH;
     let mut patch = vec![0u32; samples.len() * grid * grid];
+    let mut centre = vec![0u32; samples.len() * grid * grid];
     for (i, s) in samples.iter().enumerate() {
         for o in &s.objects {
+            for gy in 0..grid {
+                for gx in 0..grid {
+                    let half = PATCH as f32 / 2.0;
+                    let (px, py) = ((gx * PATCH) as f32 + half, (gy * PATCH) as f32 + half);
+                    if (px - o.cx).hypot(py - o.cy) <= o.radius {
+                        patch[i * grid * grid + gy * grid + gx] =
+                            1 + s.caption.shape.index() as u32;
+                    }
+                }
+            }
             let (gx, gy) = (o.cx as usize / PATCH, o.cy as usize / PATCH);
-            patch[i * grid * grid + gy.min(grid - 1) * grid + gx.min(grid - 1)] =
-                1 + s.caption.shape.index() as u32;
+            centre[i * grid * grid + gy.min(grid - 1) * grid + gx.min(grid - 1)] = 1;
         }
     }
     Ok(vec![
@@ -793,6 +822,7 @@ fn targets(samples: &[&Sample]) -> Result<Vec<Tensor>> {
         of(&|c| c.colour.index())?,
         of(&|c| c.shape.index())?,
         Tensor::from_vec(patch, samples.len() * grid * grid, &dev)?,
+        Tensor::from_vec(centre, samples.len() * grid * grid, &dev)?,
     ])
 }
 
@@ -802,7 +832,7 @@ fn aux_accuracy(params: &Params, n: usize) -> Result<serde_json::Map<String, ser
     let refs: Vec<&Sample> = held_out.iter().collect();
     let logits = vision_heads(params.detached(|_| true), &pixels(&refs)?)?;
     let mut accuracy = serde_json::Map::new();
-    let names = HEADS.iter().map(|(n, _)| *n).chain(["patch"]);
+    let names = HEADS.iter().chain(&PATCH_HEADS).map(|(n, _)| *n);
     for (name, (l, t)) in names.zip(logits.iter().zip(targets(&refs)?)) {
         let hits = l
             .argmax(D::Minus1)?
