@@ -5,6 +5,7 @@
 //! Pure Rust, no Node types: the N-API binding in `bindings/node` is a thin layer over this.
 
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod flamingo;
 pub mod generate;
