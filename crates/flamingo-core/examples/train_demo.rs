@@ -905,8 +905,10 @@ fn load_fresh(tok: &FlamingoTokenizer, out: &Path, dev: &Device) -> Result<Flami
         checkpoint: None,
         media_token_id: tok.media_token_id(),
         end_of_chunk_token_id: tok.end_of_chunk_token_id(),
-        cross_attn_layers: (0..LM_LAYERS)
-            .filter(|i| (i + 1) % EVERY_N_LAYERS == 0)
+        // The reference's plan, layers i with (i + 1) % n == 0, written so that it still
+        // reads as a plan when n is 1.
+        cross_attn_layers: (EVERY_N_LAYERS - 1..LM_LAYERS)
+            .step_by(EVERY_N_LAYERS)
             .collect(),
         decoder_layers_path: None,
         perceiver: perceiver_config(),
