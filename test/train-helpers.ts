@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { deflateSync } from "node:zlib";
 
 import { REPO_ROOT } from "./helpers/golden.js";
+import { crc32 } from "./helpers/zip.js";
 
 function newestSource(dir: string): number {
   let newest = 0;
@@ -87,22 +88,6 @@ export function tokenId(word: string): number {
   const i = (WORDS as readonly string[]).indexOf(word);
   if (i < 0) throw new Error(`${word} is not in the test vocabulary`);
   return i + 2;
-}
-
-const CRC_TABLE = (() => {
-  const table = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    table[n] = c >>> 0;
-  }
-  return table;
-})();
-
-function crc32(bytes: Uint8Array): number {
-  let c = 0xffffffff;
-  for (const b of bytes) c = (CRC_TABLE[(c ^ b) & 0xff] as number) ^ (c >>> 8);
-  return (c ^ 0xffffffff) >>> 0;
 }
 
 function chunk(type: string, data: Uint8Array): Buffer {

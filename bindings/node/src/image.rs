@@ -11,7 +11,6 @@
 //! the image codes below, classified from the core's `InvalidInput` messages (the core has
 //! a single code for all of them; `tests` pins each message against a real failure).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use flamingo_core::image::{
@@ -21,7 +20,8 @@ use napi::bindgen_prelude::{AsyncTask, Float32Array, Uint8Array};
 use napi::{Env, Task};
 use napi_derive::napi;
 
-use crate::error::{BindingError, BindingResult, ERR_ENGINE_PANIC, ERR_INVALID_INPUT};
+use crate::engine::guarded;
+use crate::error::{BindingError, BindingResult, ERR_INVALID_INPUT};
 use crate::tensor::FloatTensor;
 
 /// The data is not an image this engine can read (or is no image at all).
@@ -192,18 +192,7 @@ impl Task for PreprocessTask {
             Err(e) => return Ok(Err(BindingError::new(e.code, e.message.clone()))),
         };
         // A panic must not cross the pool thread's C frame (it would abort the process).
-        let result = catch_unwind(AssertUnwindSafe(|| preprocess(source, config)))
-            .unwrap_or_else(|panic| {
-                let detail = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".to_string());
-                Err(BindingError::new(
-                    ERR_ENGINE_PANIC,
-                    format!("internal error in loadImage: {detail} (this is a bug in flamingo-vlm; please report it)"),
-                ))
-            });
+        let result = guarded("loadImage", || preprocess(source, config));
         Ok(result.map(|data| (data, config.size as u32)))
     }
 

@@ -258,21 +258,37 @@ impl FlamingoModel {
     /// with `ERR_DISPOSED`. Resolves when the memory is released. Calling it again is a no-op.
     #[napi]
     pub fn dispose<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
-        let (deferred, promise) = promise::<()>(env)?;
-        let sender = self.jobs.lock().ok().and_then(|mut s| s.take());
-        match sender {
-            None => settle(deferred, Ok(())),
-            Some(sender) => {
-                if let Err(returned) = sender.send(Job::Dispose(deferred)) {
-                    // The engine thread is already gone, and the model with it.
-                    if let Job::Dispose(d) = returned.0 {
-                        settle(d, Ok(()));
-                    }
+        dispose_handle(env, &self.jobs, Job::Dispose, |job| match job {
+            Job::Dispose(d) => Some(d),
+            _ => None,
+        })
+    }
+}
+
+/// `dispose()` of a handle whose work runs on its own thread (a model, a trainer): takes its
+/// job channel, so later calls reject, and resolves once the thread has dropped its state —
+/// at once when the handle is already closed or its thread is gone. `as_dispose` makes the
+/// thread's dispose job; `take_back` recovers the Promise from a job the thread never got.
+pub(crate) fn dispose_handle<'env, J>(
+    env: &'env Env,
+    jobs: &Mutex<Option<Sender<J>>>,
+    as_dispose: fn(Deferred<()>) -> J,
+    take_back: fn(J) -> Option<Deferred<()>>,
+) -> napi::Result<PromiseRaw<'env, ()>> {
+    let (deferred, promise) = promise::<()>(env)?;
+    let sender = jobs.lock().ok().and_then(|mut s| s.take());
+    match sender {
+        None => settle(deferred, Ok(())),
+        Some(sender) => {
+            if let Err(returned) = sender.send(as_dispose(deferred)) {
+                // The thread is already gone, and the state with it.
+                if let Some(d) = take_back(returned.0) {
+                    settle(d, Ok(()));
                 }
             }
         }
-        Ok(promise)
     }
+    Ok(promise)
 }
 
 /// The CUDA devices this build can use: always 0 in a CPU build; in a CUDA build, what the

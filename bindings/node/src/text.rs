@@ -170,18 +170,12 @@ impl Task for LoadTokenizerTask {
     fn compute(&mut self) -> napi::Result<Self::Output> {
         let path = self.path.clone();
         // A panic must not cross the pool thread's C frame (it would abort the process).
-        Ok(std::panic::catch_unwind(move || {
+        Ok(crate::engine::guarded("loading the tokenizer", move || {
             core(if path.is_dir() {
                 FlamingoTokenizer::from_dir(&path)
             } else {
                 FlamingoTokenizer::from_file(&path)
             })
-        })
-        .unwrap_or_else(|_| {
-            Err(BindingError::new(
-                crate::error::ERR_ENGINE_PANIC,
-                "internal error while loading the tokenizer (this is a bug in flamingo-vlm; please report it)",
-            ))
         }))
     }
 

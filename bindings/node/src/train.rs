@@ -959,18 +959,9 @@ impl Trainer {
     /// Frees the model and optimizer state after the calls made before this one. Idempotent.
     #[napi]
     pub fn dispose<'env>(&self, env: &'env Env) -> napi::Result<PromiseRaw<'env, ()>> {
-        let (deferred, promise) = promise::<()>(env)?;
-        let sender = self.jobs.lock().ok().and_then(|mut s| s.take());
-        match sender {
-            None => settle(deferred, Ok(())),
-            Some(sender) => {
-                if let Err(returned) = sender.send(TrainJob::Dispose(deferred)) {
-                    if let TrainJob::Dispose(d) = returned.0 {
-                        settle(d, Ok(()));
-                    }
-                }
-            }
-        }
-        Ok(promise)
+        crate::dispose_handle(env, &self.jobs, TrainJob::Dispose, |job| match job {
+            TrainJob::Dispose(d) => Some(d),
+            _ => None,
+        })
     }
 }

@@ -340,14 +340,7 @@ fn inference(
         run.save();
     }
 
-    if let Some(gpu) = gpu {
-        if let Some(peak) = gpu.peak_allocated_gib() {
-            run.set(name, "inference_peak_gib", json!(peak));
-        }
-        if let Some(used) = gpu.used_gib() {
-            run.set(name, "inference_device_used_gib", json!(used));
-        }
-    }
+    record_gpu_memory(run, name, gpu, "inference");
     Ok(())
 }
 
@@ -433,15 +426,20 @@ fn training(
         eprintln!("[{name}] train_{label}_samples_per_s: {:.2}", b as f64 / dt);
         run.save();
     }
-    if let Some(g) = gpu {
-        if let Some(peak) = g.peak_allocated_gib() {
-            run.set(name, "train_peak_gib", json!(peak));
-        }
-        if let Some(used) = g.used_gib() {
-            run.set(name, "train_device_used_gib", json!(used));
-        }
-    }
+    record_gpu_memory(run, name, gpu, "train");
     Ok(())
+}
+
+/// `{phase}_peak_gib` (tensor memory, as `torch.cuda.max_memory_allocated`) and
+/// `{phase}_device_used_gib` (the device's used memory over the baseline), where measurable.
+fn record_gpu_memory(run: &mut Run, name: &str, gpu: Option<&GpuMemory>, phase: &str) {
+    let Some(gpu) = gpu else { return };
+    if let Some(peak) = gpu.peak_allocated_gib() {
+        run.set(name, &format!("{phase}_peak_gib"), json!(peak));
+    }
+    if let Some(used) = gpu.used_gib() {
+        run.set(name, &format!("{phase}_device_used_gib"), json!(used));
+    }
 }
 
 pub fn run(opts: &BenchOptions) -> AnyResult<Value> {

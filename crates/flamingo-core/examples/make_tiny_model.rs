@@ -147,28 +147,16 @@ fn main() {
     candle_core::safetensors::save(&v, vdir.join("model.safetensors")).unwrap();
 
     // Word-level tokenizer; the Flamingo special tokens are appended at load time.
-    let vocab: serde_json::Map<String, serde_json::Value> = WORDS
-        .iter()
-        .enumerate()
-        .map(|(i, w)| (w.to_string(), serde_json::json!(i)))
-        .collect();
     let lm_vocab = WORDS.len() + 3; // + <|endofchunk|>, <image>, <PAD>
     let ldir = out.join("lm");
     std::fs::create_dir_all(&ldir).unwrap();
     write_json(
         &ldir.join("tokenizer.json"),
-        &serde_json::json!({
-            "version": "1.0", "truncation": null, "padding": null,
-            "added_tokens": [{"id": 0, "content": "<|endoftext|>", "single_word": false, "lstrip": false,
-                              "rstrip": false, "normalized": false, "special": true}],
-            "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
-            "decoder": null,
-            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-        }),
+        &flamingo_core::demo::word_level_tokenizer_json(WORDS),
     );
     write_json(
         &ldir.join("tokenizer_config.json"),
-        &serde_json::json!({"eos_token": "<|endoftext|>", "bos_token": null, "pad_token": null}),
+        &flamingo_core::demo::tokenizer_config_json(),
     );
 
     // LM, HF MptForCausalLM layout (ALiBi, no biases, tied head): the OpenFlamingo-3B family.

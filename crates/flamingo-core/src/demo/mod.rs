@@ -62,10 +62,17 @@ pub fn vocab_size() -> usize {
     VOCAB.len() + 3
 }
 
-/// An HF `tokenizer.json` for [`VOCAB`]: word level, split on whitespace and punctuation
-/// (so `"Output:two"` is `Output`, `:`, `two`), decoded by joining words with spaces.
+/// An HF `tokenizer.json` for [`VOCAB`] (see [`word_level_tokenizer_json`]).
 pub fn tokenizer_json() -> serde_json::Value {
-    let vocab: serde_json::Map<String, serde_json::Value> = VOCAB
+    word_level_tokenizer_json(VOCAB)
+}
+
+/// An HF `tokenizer.json` for `words` in id order (`words[0]` is the EOS token
+/// `<|endoftext|>`, and `<unk>` must be among them): word level, split on whitespace and
+/// punctuation (so `"Output:two"` is `Output`, `:`, `two`), decoded by joining words with
+/// spaces. The tiny models of this repository use it too (`examples/make_tiny_model.rs`).
+pub fn word_level_tokenizer_json(words: &[&str]) -> serde_json::Value {
+    let vocab: serde_json::Map<String, serde_json::Value> = words
         .iter()
         .enumerate()
         .map(|(i, w)| (w.to_string(), serde_json::json!(i)))

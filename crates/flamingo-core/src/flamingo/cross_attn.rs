@@ -84,11 +84,7 @@ impl MaskedCrossAttention {
             let allowed = allowed.unsqueeze(1)?.broadcast_as(&shape)?;
             // `where_cond`, not an additive bias: like `masked_fill`, masked scores get no
             // gradient, which matters for fully masked rows (uniform, yet not trained).
-            let fill = if media.fill.dtype() == sim.dtype() {
-                media.fill.broadcast_as(&shape)?
-            } else {
-                most_negative(sim.dtype(), sim.device())?.broadcast_as(&shape)?
-            };
+            let fill = media.fill.broadcast_as(&shape)?;
             let attn = softmax_last_dim(&allowed.where_cond(&sim, &fill)?)?;
             let out = merge_heads(&attn.matmul(&media.v)?)?; // (B, T, inner)
             if self.only_attend_immediate_media {
